@@ -1,0 +1,154 @@
+"""`RMMD`: the training state of one distillation run (networks, optimisers, EMA, anchors, RNG).
+
+The iteration itself lives in ``step.py`` (``rmmd_core.step`` / ``rmmd_core.losses``); this object only
+owns what persists between iterations. Roles (method.md §c.1):
+
+==============  =========================================================  =========
+teacher         frozen reference x̂_θ (guided with CFG when configured)       frozen
+student         the few-step generator Φ_θ / g_η                             trained
+auxiliary       g_φ, estimates the student's own moment E_g[x | z_s]        trained (online)
+anchor          Φ_θ0, the frozen phase-1 student of the L2 term             frozen (phase 2)
+frozen_aux      φ0, the frozen phase-1 auxiliary (reference='frozen_aux')   frozen (phase 2)
+ema             EMA of the student weights                                  updated
+==============  =========================================================  =========
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .config import RMMDConfig
+from .denoiser import Denoiser
+from .rewards import Reward, as_reward
+
+
+def make_optimizer(module: torch.nn.Module, config: RMMDConfig) -> torch.optim.Optimizer:
+    """Adam(beta1 = 0, beta2 = 0.99, eps = 1e-12) by default (method.md "Project defaults")."""
+    params = [p for p in module.parameters() if p.requires_grad]
+    if not params:
+        raise ValueError(f"{type(module).__name__} has no trainable parameters to optimise")
+    return torch.optim.Adam(params, lr=config.lr, betas=tuple(config.betas), eps=config.eps)
+
+
+def _same_schedule(a: Denoiser, b: Denoiser) -> bool:
+    return type(a.schedule) is type(b.schedule) and repr(a.schedule) == repr(b.schedule)
+
+
+class RMMD:
+    """State of an RMMD (or plain MM) distillation run.
+
+    Args:
+        teacher: frozen :class:`Denoiser` (set to eval and ``requires_grad=False`` in place).
+        student, auxiliary: trainable Denoisers; default: copies of the teacher (method.md
+            "Project defaults": Initialisation). They must share the teacher's schedule (one time axis).
+        config: :class:`RMMDConfig`.
+        reward: a callable ``(x0, cond) -> Tensor[B]``, a :class:`~rmmd_core.rewards.Reward`, or a
+            built-in name (``'grayscale' | 'laplacian'``).
+        sample_shape: per-sample shape ``(C, H, W)`` / ``(D,)`` used for data-free rollouts.
+        student_optimizer, aux_optimizer: your optimisers; default Adam per ``config``.
+        anchor, frozen_auxiliary: frozen phase-1 networks for phase 2; usually made by
+            :meth:`start_phase2`.
+        seed: seed of the engine's own generator (start noise, times, Philox seeds).
+        backend: fused-op backend (``None`` = ``RMMD_CORE_BACKEND`` or automatic).
+        dtype: dtype of the noise the engine draws (default float32).
+    """
+
+    def __init__(self, teacher: Denoiser, student: Denoiser | None = None, auxiliary: Denoiser | None = None, *,
+                 config: RMMDConfig | None = None, reward=None, sample_shape=None,
+                 student_optimizer: torch.optim.Optimizer | None = None,
+                 aux_optimizer: torch.optim.Optimizer | None = None, anchor: Denoiser | None = None,
+                 frozen_auxiliary: Denoiser | None = None, seed: int = 0, backend: str | None = None,
+                 dtype: torch.dtype = torch.float32):
+        for name, d in (("teacher", teacher), ("student", student), ("auxiliary", auxiliary), ("anchor", anchor),
+                        ("frozen_auxiliary", frozen_auxiliary)):
+            if d is not None and not isinstance(d, Denoiser):
+                raise TypeError(f"{name} must be a rmmd_core.Denoiser (wrap your nn.Module), got {type(d).__name__}")
+        self.config = config if config is not None else RMMDConfig()
+        if not isinstance(self.config, RMMDConfig):
+            raise TypeError(f"config must be an RMMDConfig, got {type(self.config).__name__}")
+        self.teacher = teacher
+        teacher.requires_grad_(False).eval()
+        self.student = student if student is not None else teacher.trainable_copy()
+        self.auxiliary = auxiliary if auxiliary is not None else teacher.trainable_copy()
+        if self.student is self.auxiliary or self.student is teacher or self.auxiliary is teacher:
+            raise ValueError("teacher, student and auxiliary must be distinct Denoiser objects")
+        if self.student.net is self.auxiliary.net:
+            raise ValueError("student and auxiliary must not share the same network")
+        for name, d in (("student", self.student), ("auxiliary", self.auxiliary), ("anchor", anchor),
+                        ("frozen_auxiliary", frozen_auxiliary)):
+            if d is not None and not _same_schedule(d, teacher):
+                raise ValueError(f"{name} schedule {d.schedule!r} differs from the teacher's {teacher.schedule!r}; "
+                                 "all networks must share one time axis")
+        self.anchor = anchor.requires_grad_(False).eval() if anchor is not None else None
+        self.frozen_aux = frozen_auxiliary.requires_grad_(False).eval() if frozen_auxiliary is not None else None
+        self.reward: Reward | None = as_reward(reward)
+        self.sample_shape = tuple(sample_shape) if sample_shape is not None else None
+        self.student_optimizer = student_optimizer or make_optimizer(self.student, self.config)
+        self.aux_optimizer = aux_optimizer or make_optimizer(self.auxiliary, self.config)
+        self.ema = self.student.frozen_copy() if self.config.ema_decay is not None else None
+        self.device = next((p.device for p in self.student.parameters()), torch.device("cpu"))
+        self.dtype = dtype
+        self.generator = torch.Generator(device=self.device).manual_seed(int(seed))
+        self.backend = backend
+        self.iteration = 0
+        self.student_updates = 0
+        self.skipped_updates = 0
+
+    # ------------------------------------------------------------------ phases
+    @property
+    def phase(self) -> str:
+        """``'mm'`` (phase 1) until :meth:`start_phase2` freezes the anchors, then ``'rmmd'``."""
+        return "rmmd" if self.anchor is not None else "mm"
+
+    def start_phase2(self, reward=None, **config_changes) -> "RMMD":
+        """Freeze the current student (L2 anchor) and auxiliary (optional reference), switch config.
+
+        ``config_changes`` are applied to :class:`RMMDConfig` (e.g. ``reward_weight=0.5``). The online
+        auxiliary keeps training (method.md §g.1). Returns ``self``.
+        """
+        self.anchor = self.student.frozen_copy()
+        self.frozen_aux = self.auxiliary.frozen_copy()
+        if reward is not None:
+            self.reward = as_reward(reward)
+        if config_changes:
+            self.config = self.config.replace(**config_changes)
+        return self
+
+    # ------------------------------------------------------------------ updates
+    def wants_student_update(self) -> bool:
+        return self.iteration % self.config.student_update_every == 0
+
+    @torch.no_grad()
+    def update_ema(self) -> None:
+        """``p_ema <- beta p_ema + (1 - beta) p`` over all student parameters and float buffers."""
+        if self.ema is None:
+            return
+        beta = self.config.ema_decay
+        ema_p = [p for p in self.ema.parameters()]
+        cur_p = [p.detach() for p in self.student.parameters()]
+        torch._foreach_lerp_(ema_p, [c.to(e.dtype) for e, c in zip(ema_p, cur_p)], 1.0 - beta)
+        for e, c in zip(self.ema.buffers(), self.student.buffers()):
+            e.copy_(c)
+
+
+def apply_update(loss: torch.Tensor, module: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                 grad_clip: float | None) -> tuple[float, bool]:
+    """Backward, finite check, clip, step. Returns ``(grad_norm, skipped)``.
+
+    A non-finite loss or gradient leaves the weights *and* the optimiser state untouched (the
+    optimiser's ``step`` is never called) and zeroes the gradients.
+    """
+    optimizer.zero_grad(set_to_none=True)
+    if not bool(torch.isfinite(loss.detach()).all()):
+        return float("nan"), True
+    loss.backward()
+    params = [p for p in module.parameters() if p.grad is not None]
+    norm = torch.nn.utils.clip_grad_norm_(params, grad_clip if grad_clip is not None else math.inf,
+                                          error_if_nonfinite=False) if params else torch.zeros(())
+    norm = float(norm)
+    if not math.isfinite(norm):
+        optimizer.zero_grad(set_to_none=True)
+        return norm, True
+    optimizer.step()
+    return norm, False

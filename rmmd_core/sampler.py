@@ -1,0 +1,175 @@
+"""K-step posterior / DDIM(eta) sampling (method.md §a.4, §b.2).
+
+The same sampler serves the few-step student (K = 8 by default) and the many-step teacher: only the
+grid changes. Per-sample coefficients are computed in float64 (they cancel badly when s is close to t,
+method.md "Project defaults": Precision); the element-wise step runs in the fused op
+``rmmd_core.ops.posterior_step`` with in-kernel Philox noise.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from . import ops
+from .denoiser import Cond, Denoiser
+from .schedules import Schedule, get_schedule
+
+GRIDS = ("uniform", "karras")
+
+
+def check_eta(eta: float) -> float:
+    if not (0.0 <= float(eta) <= 1.0):
+        raise ValueError(f"eta must be in [0, 1], got {eta}")
+    return float(eta)
+
+
+def time_grid(num_steps: int, schedule: Schedule | str, kind: str = "uniform", rho: float = 7.0) -> torch.Tensor:
+    """Decreasing sampling grid ``t_K = 1 > t_{K-1} > ... > t_0 = 0`` (float64, shape ``(K+1,)``).
+
+    ``'uniform'``: ``t_i = i/K`` (matches the training gap delta ~ U(0, 1/K)).
+    ``'karras'``: the Karras rho-grid in the VE sigma between the schedule's largest and smallest noise
+    levels (method.md §a.2), mapped back to t; rho -> infinity is uniform in log-SNR.
+    """
+    if not isinstance(num_steps, int) or num_steps < 1:
+        raise ValueError(f"num_steps must be an integer >= 1, got {num_steps!r}")
+    if kind not in GRIDS:
+        raise ValueError(f"grid must be one of {GRIDS}, got {kind!r}")
+    schedule = get_schedule(schedule)
+    if kind == "uniform":
+        return torch.arange(num_steps, -1, -1, dtype=torch.float64) / num_steps
+    if rho <= 0:
+        raise ValueError(f"rho must be > 0, got {rho}")
+    s_max = float(schedule.sigma_ve(torch.tensor(schedule.t_max, dtype=torch.float64)))
+    s_min = float(schedule.sigma_ve(torch.tensor(schedule.t_min, dtype=torch.float64)))
+    i = torch.arange(num_steps, dtype=torch.float64)
+    frac = i / max(num_steps - 1, 1)
+    sig = (s_max ** (1 / rho) + frac * (s_min ** (1 / rho) - s_max ** (1 / rho))) ** rho
+    t = schedule.t_from_sigma_ve(sig)
+    t[0] = 1.0  # start exactly at pure noise
+    return torch.cat([t, t.new_zeros(1)])
+
+
+def posterior_coefficients(schedule: Schedule, t: torch.Tensor, s: torch.Tensor, eta: float = 1.0):
+    """Per-sample ``(A, C, gamma)`` of ``z_s = A z_t + C x̂ + gamma xi`` (method.md §a.4), float64.
+
+    Args:
+        t, s: ``(B,)`` times with ``0 <= s <= t`` (float64 recommended).
+        eta: 1 = the exact posterior q(z_s | z_t, x = x̂) (ancestral), 0 = deterministic DDIM.
+    Returns:
+        A, C, gamma: ``(B,)`` float64. At ``s == 0`` the step returns x̂ exactly (A = 0, C = 1, gamma = 0).
+
+    ``sigma_{t|s}^2 = -sigma_t^2 expm1(lambda_t - lambda_s)`` is the cancellation-free form.
+    """
+    eta = check_eta(eta)
+    t = torch.as_tensor(t, dtype=torch.float64)
+    s = torch.as_tensor(s, dtype=torch.float64, device=t.device)
+    if t.shape != s.shape:
+        t, s = torch.broadcast_tensors(t, s)
+    if bool((s > t + 1e-12).any()):
+        raise ValueError("posterior step needs s <= t for every sample")
+    final = s <= 0
+    s_safe = torch.where(final, t, s)
+    a_t, sg_t = schedule.alpha_sigma(t)
+    a_s, sg_s = schedule.alpha_sigma(s_safe)
+    var_ts = -(sg_t ** 2) * torch.expm1(schedule.log_snr(t) - schedule.log_snr(s_safe))
+    var_ts = var_ts.clamp_min(0)
+    gamma = eta * sg_s * var_ts.sqrt() / sg_t
+    A = (sg_s ** 2 - gamma ** 2).clamp_min(0).sqrt() / sg_t
+    C = a_s - A * a_t
+    one, zero = torch.ones_like(A), torch.zeros_like(A)
+    return torch.where(final, zero, A), torch.where(final, one, C), torch.where(final, zero, gamma)
+
+
+def draw_seed(generator: torch.Generator | None) -> int:
+    """A fresh 62-bit Philox seed from ``generator`` (torch's global RNG when None)."""
+    return int(torch.randint(0, 2 ** 62, (1,), generator=generator, dtype=torch.int64).item())
+
+
+def posterior_step(schedule: Schedule, z_t: torch.Tensor, x_hat: torch.Tensor, t: torch.Tensor,
+                   s: torch.Tensor, eta: float = 1.0, generator: torch.Generator | None = None,
+                   backend: str | None = None) -> torch.Tensor:
+    """One posterior / DDIM(eta) step ``z_t -> z_s`` for per-sample times ``t, s`` of shape (B,)."""
+    A, C, gamma = posterior_coefficients(schedule, t, s, eta)
+    dev = z_t.device
+    return ops.posterior_step(z_t, x_hat, A.to(dev), C.to(dev), gamma.to(dev), draw_seed(generator), 0,
+                              backend=backend)
+
+
+def prior_sample(schedule: Schedule, shape, *, device=None, dtype=torch.float32,
+                 generator: torch.Generator | None = None) -> torch.Tensor:
+    """Pure-noise start ``z ~ N(0, prior_std^2 I)`` (prior_std = sigma_max for VE schedules)."""
+    return torch.randn(shape, generator=generator, device=device, dtype=dtype) * schedule.prior_std
+
+
+@dataclass
+class SampleResult:
+    """Output of :func:`sample`.
+
+    x0: ``(B, ...)`` final samples. nfe: network evaluations per sample (CFG counts 2 per step).
+    calls: network calls made. trajectory: the states z_{t_i} when requested (list, K+1 entries).
+    """
+    x0: torch.Tensor
+    nfe: int
+    calls: int
+    grid: torch.Tensor
+    trajectory: list = field(default_factory=list)
+
+
+def rollout(denoiser: Denoiser, z: torch.Tensor, grid: torch.Tensor, cond: Cond = None, *, eta: float = 1.0,
+            stop_index: int = 0, guidance_scale: float | None = None, generator: torch.Generator | None = None,
+            backend: str | None = None, trajectory: list | None = None):
+    """Run the sampler from ``z`` at ``grid[0]`` down to grid point ``t_{stop_index}``.
+
+    ``grid`` is decreasing ``(K+1,)`` (``grid[j] = t_{K-j}``). Returns ``(z, x̂, calls)``: the state at
+    ``t_{stop_index}`` and the last x̂ (None when no call was made). ``stop_index = 0`` is a full sample:
+    the final step into ``t_0 = 0`` returns x̂ itself, so no posterior step is run there.
+    No autograd graph is recorded; callers decide on ``no_grad`` / ``inference_mode``.
+    """
+    K = grid.numel() - 1
+    if not 0 <= stop_index <= K:
+        raise ValueError(f"stop_index must be in [0, {K}], got {stop_index}")
+    B, x_hat, calls = z.shape[0], None, 0
+    for j in range(K - stop_index):
+        t = grid[j].expand(B).to(z.device)
+        s = grid[j + 1].expand(B).to(z.device)
+        x_hat = denoiser(z, t, cond, guidance_scale=guidance_scale)
+        calls += 1
+        if float(grid[j + 1]) <= 0.0:
+            z = x_hat
+        else:
+            z = posterior_step(denoiser.schedule, z, x_hat, t, s, eta, generator, backend)
+        if trajectory is not None:
+            trajectory.append(z)
+    return z, x_hat, calls
+
+
+def sample(denoiser: Denoiser, shape, *, num_steps: int = 8, cond: Cond = None, eta: float = 1.0,
+           grid: str = "uniform", rho: float = 7.0, guidance_scale: float | None = None,
+           generator: torch.Generator | None = None, z: torch.Tensor | None = None, device=None,
+           dtype=torch.float32, return_trajectory: bool = False, backend: str | None = None) -> SampleResult:
+    """Draw samples with ``num_steps`` posterior / DDIM(eta) steps (method.md §b.2).
+
+    Args:
+        denoiser: the x-predictor (student, or teacher with a many-step grid).
+        shape: ``(B, ...)`` of the samples.
+        num_steps: K >= 1. eta: in [0, 1], 1 = ancestral (default). grid: ``'uniform' | 'karras'``.
+        cond: conditioning with batch B. guidance_scale: CFG scale for this sampler (None: the
+            denoiser's default). generator: RNG for the start noise and the Philox seeds.
+        z: optional start noise (overrides ``shape``).
+    Returns:
+        :class:`SampleResult` with ``x0`` (B, ...), ``nfe`` per sample and ``calls``.
+    """
+    sch = denoiser.schedule
+    g = time_grid(num_steps, sch, grid, rho)
+    if z is None:
+        if device is None:
+            device = next((p.device for p in denoiser.parameters()), torch.device("cpu"))
+        z = prior_sample(sch, shape, device=device, dtype=dtype, generator=generator)
+    traj = [z] if return_trajectory else None
+    calls0, nfe0 = denoiser.calls, denoiser.nfe
+    with torch.no_grad():
+        x0, _, _ = rollout(denoiser, z, g, cond, eta=check_eta(eta), guidance_scale=guidance_scale,
+                           generator=generator, backend=backend, trajectory=traj)
+    return SampleResult(x0=x0, nfe=(denoiser.nfe - nfe0) // z.shape[0], calls=denoiser.calls - calls0,
+                        grid=g, trajectory=traj or [])

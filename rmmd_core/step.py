@@ -1,0 +1,304 @@
+"""One RMMD / MM iteration: :func:`losses` (tensors only) and :func:`step` (losses + updates).
+
+Follows method.md §c.6 (reference pseudocode) with the Project-defaults loss reduction:
+
+    L = mean_n [ (1/D) <x̂0_n, sg(w(s_n) (m_stu - m_ref))> ] - lambda mean_b r_b + lambda_reg mean_n (1/D) ||x̂0_n - a_n||^2
+
+over the N = B·M student samples (M rollouts per conditioning), D values per sample. Its gradient with
+respect to x̂0 is the cotangent
+
+    g = [ w(s)(m_stu - m_ref) - lambda ĝ_R + 2 lambda_reg (x̂0 - a) ] / (N·D),   ĝ_R = M·D·dr/dx̂0,
+
+back-propagated through exactly ONE student call per sample, so activation memory does not grow
+with K (rollouts run under no_grad). Phase 1 (plain MM, Algorithm 2) is the same computation with
+lambda = lambda_reg = 0: off-policy when a data batch is given (forward-diffused data), else data-free
+from the student's own rollouts ("continuous" or "discrete"/backward-simulation variant).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from . import ops
+from .denoiser import Cond, batch_of, check_cond_batch, repeat_cond
+from .engine import RMMD, apply_update
+from .sampler import posterior_step, prior_sample, rollout, time_grid
+
+
+@dataclass
+class StepLosses:
+    """What :func:`losses` returns.
+
+    student_loss: scalar whose *value* is the objective L above and whose *gradient* w.r.t. the student
+        parameters is the RMMD/MM gradient; None when this iteration does not update the student
+        (``student_update_every > 1``).
+    aux_loss: scalar auxiliary loss ``mean_n w_aux(s) (1/D)[||sg(x̂0) - φ(z_s)||^2 + ||sg(m_ref) - φ(z_s)||^2]``.
+    metrics: plain numbers (see :func:`step`).
+    intermediates: the tensors of the iteration when requested (for tests and debugging).
+    """
+    student_loss: torch.Tensor | None
+    aux_loss: torch.Tensor
+    metrics: dict
+    intermediates: dict = field(default_factory=dict)
+
+
+def time_weight(kind: str, schedule, s: torch.Tensor, x0=None, m_ref=None, eps: float = 1e-4) -> torch.Tensor:
+    """Per-sample MM weight w(s), shape ``(N,)`` float64 (method.md §b.5; DMD normaliser §d.4)."""
+    if kind == "flat":
+        return torch.ones_like(s, dtype=torch.float64)
+    if kind == "snr":
+        return schedule.log_snr(s).exp()
+    if kind == "edm":
+        sig, sd = schedule.sigma_ve(s), schedule.sigma_data
+        return (sig ** 2 + sd ** 2) / (sig * sd) ** 2
+    if kind == "dmd":  # 1 / mabs(x̂0 - m_ref), per sample
+        mabs = (x0 - m_ref).detach().abs().flatten(1).mean(1).double()
+        return 1.0 / (mabs + eps)
+    raise ValueError(f"unknown weighting {kind!r}")
+
+
+def _check_output(name: str, out: torch.Tensor, like: torch.Tensor) -> None:
+    if out.shape != like.shape:
+        raise ValueError(f"{name} has shape {tuple(out.shape)}, expected {tuple(like.shape)} (the student output)")
+    if out.device != like.device:
+        raise ValueError(f"{name} is on {out.device}, expected {like.device} (the student output's device)")
+    if out.dtype != like.dtype:
+        raise TypeError(f"{name} has dtype {out.dtype}, expected {like.dtype} (the student output's dtype)")
+
+
+def _batch_and_shape(engine: RMMD, data, cond, batch_size):
+    B = None
+    if data is not None:
+        if not isinstance(data, torch.Tensor) or not data.is_floating_point():
+            raise TypeError(f"data must be a floating-point Tensor, got {getattr(data, 'dtype', type(data))}")
+        B = data.shape[0]
+        shape = tuple(data.shape[1:])
+        if engine.sample_shape is not None and shape != engine.sample_shape:
+            raise ValueError(f"data has per-sample shape {shape}, expected sample_shape {engine.sample_shape}")
+    else:
+        if engine.sample_shape is None:
+            raise ValueError("data-free steps need the per-sample shape: pass sample_shape= to RMMD(...)")
+        shape = engine.sample_shape
+    if batch_size is not None:
+        if B is not None and batch_size != B:
+            raise ValueError(f"batch_size={batch_size} does not match the batch of data ({B})")
+        B = batch_size
+    if B is None:
+        B = batch_of(cond)
+    if B is None:
+        raise ValueError("cannot infer the batch size: pass data, a batched cond, or batch_size=")
+    if not isinstance(B, int) or B < 1:
+        raise ValueError(f"batch_size must be an integer >= 1, got {B!r}")
+    check_cond_batch(cond, B)
+    return B, shape
+
+
+def _sample_times(n: int, K: int, gap: str, generator, device):
+    """Continuous variant / off-policy: s ~ U(0,1), delta ~ U(0,1/K) (or 1/K), t = min(s + delta, 1)."""
+    s = torch.rand(n, generator=generator, dtype=torch.float64, device=device)
+    delta = (torch.rand(n, generator=generator, dtype=torch.float64, device=device) / K if gap == "uniform"
+             else torch.full((n,), 1.0 / K, dtype=torch.float64, device=device))
+    return s, (s + delta).clamp_max(1.0)
+
+
+def _reward_terms(engine: RMMD, x0: torch.Tensor, cond_n: Cond, cond: Cond, B: int, M: int, need_grad: bool):
+    """Per-conditioning reward r (B,) and dr/dx̂0 (N, ...) (None if not needed)."""
+    rw = engine.reward
+    if rw.multi_sample:
+        xs = x0.detach().view(M, B, *x0.shape[1:])
+        if need_grad:
+            r, G = rw.value_and_grad(xs, cond)
+            return r.detach(), G.reshape_as(x0)
+        with torch.no_grad():
+            return rw(xs, cond).detach(), None
+    if need_grad:
+        v, G = rw.value_and_grad(x0.detach(), cond_n)
+        return v.detach().view(M, B).mean(0), G / M
+    with torch.no_grad():
+        return rw(x0.detach(), cond_n).detach().view(M, B).mean(0), None
+
+
+def losses(engine: RMMD, data: torch.Tensor | None = None, cond: Cond = None, *, batch_size: int | None = None,
+           generator: torch.Generator | None = None, return_intermediates: bool = False) -> StepLosses:
+    """Compute one iteration's student and auxiliary losses without stepping anything.
+
+    For trainers that own backward and optimisers (Accelerate, Lightning, FSDP): call
+    ``(out.student_loss + out.aux_loss).backward()`` (their parameters are disjoint), step your
+    optimisers, then ``engine.update_ema()``. :func:`step` does exactly that with finite checks.
+
+    Args:
+        engine: the :class:`~rmmd_core.engine.RMMD` state.
+        data: optional clean batch ``(B, *sample_shape)``: off-policy state (MM Algorithm 2).
+            Without it the state comes from the student's own rollouts (``config.variant``).
+        cond: conditioning for the B samples (dict of kwargs for the networks, or a tensor).
+        batch_size: B when neither ``data`` nor ``cond`` carries it.
+        generator: RNG for noise, times and Philox seeds (default: the engine's).
+    """
+    cfg = engine.config
+    g = generator if generator is not None else engine.generator
+    B, shape = _batch_and_shape(engine, data, cond, batch_size)
+    M, K = cfg.num_samples, cfg.num_steps
+    N = B * M
+    lam, lam_reg = cfg.reward_weight, cfg.lambda_reg
+    if lam > 0 and engine.reward is None:
+        raise ValueError("reward_weight > 0 needs a reward: pass reward= to RMMD(...) or start_phase2(reward=...)")
+    if lam_reg > 0 and engine.anchor is None:
+        raise ValueError("anchor_weight > 0 needs the frozen phase-1 student: call engine.start_phase2() first, "
+                         "or set anchor_weight=0")
+    if cfg.reference == "frozen_aux" and engine.frozen_aux is None:
+        raise ValueError("reference='frozen_aux' needs a frozen phase-1 auxiliary: call engine.start_phase2() first")
+    student, sch = engine.student, engine.student.schedule
+    device = data.device if data is not None else engine.device
+    dtype = data.dtype if data is not None else engine.dtype
+    cond_n = repeat_cond(cond, M)
+    nets = {"student": student, "teacher": engine.teacher, "aux": engine.auxiliary, "anchor": engine.anchor,
+            "frozen_aux": engine.frozen_aux}
+    calls0 = {k: (d.calls, d.nfe) for k, d in nets.items() if d is not None}
+    s_floor = max(sch.t_min, 1e-4)  # keeps the moment time off s = 0, where every x-predictor is the identity
+
+    # 1. training state z_t at time t, and the moment time s < t (no grad anywhere here)
+    with torch.no_grad():
+        if data is not None:
+            source = "data"
+            x = data.repeat(M, *([1] * len(shape)))
+            s, t = _sample_times(N, K, cfg.gap, g, device)
+        else:
+            source = cfg.variant
+            grid = time_grid(K, sch, cfg.grid, cfg.rho)
+            z = prior_sample(sch, (N, *shape), device=device, dtype=dtype, generator=g)
+            if cfg.variant == "continuous":
+                x, _, _ = rollout(student, z, grid, cond_n, eta=cfg.eta, generator=g, backend=engine.backend)
+                s, t = _sample_times(N, K, cfg.gap, g, device)
+            else:  # discrete: stop at a random student step i* in {1..K} (one per batch)
+                i_star = int(torch.randint(1, K + 1, (1,), generator=g, device=device).item())
+                z_t, _, _ = rollout(student, z, grid, cond_n, eta=cfg.eta, stop_index=i_star, generator=g,
+                                    backend=engine.backend)
+                t = grid[K - i_star].to(device).expand(N).clone()
+                delta = (torch.rand(N, generator=g, dtype=torch.float64, device=device) / K if cfg.gap == "uniform"
+                         else torch.full((N,), 1.0 / K, dtype=torch.float64, device=device))
+                s = t - delta
+        s = s.clamp_min(s_floor)
+        t = torch.maximum(t, s)
+        if source != "discrete":  # forward (re-)noise of the clean / rolled-out sample (K2)
+            a_t, sg_t = sch.alpha_sigma(t)
+            view = (N,) + (1,) * len(shape)
+            eps = torch.randn(x.shape, generator=g, device=device, dtype=x.dtype)
+            z_t = a_t.to(x.dtype).view(view) * x + sg_t.to(x.dtype).view(view) * eps
+
+    # 2. the one differentiable student call
+    update_student = engine.wants_student_update()
+    with torch.set_grad_enabled(update_student):
+        x0 = student(z_t, t, cond_n)
+    x0d = x0.detach()
+
+    # 3. posterior step down to s (no gradient through z_s)
+    with torch.no_grad():
+        z_s = posterior_step(sch, z_t, x0d, t, s, cfg.eta, g, engine.backend)
+        # 4. reference moment and anchor (frozen networks, no graph)
+        if cfg.reference == "teacher":
+            m_ref = engine.teacher(z_s, s, cond_n, guidance_scale=cfg.guidance_scale)
+        else:
+            m_ref = engine.frozen_aux(z_s, s, cond_n)
+        _check_output("teacher output" if cfg.reference == "teacher" else "frozen auxiliary output", m_ref, x0d)
+        a = None
+        if lam_reg > 0 and update_student:
+            a = engine.anchor(z_t, t, cond_n)
+            _check_output("anchor output", a, x0d)
+    # the auxiliary call serves both the student's m_stu (detached) and its own loss
+    aux_out = engine.auxiliary(z_s, s, cond_n)
+    _check_output("auxiliary output", aux_out, x0d)
+    m_stu = aux_out.detach()
+
+    # 5-6. reward and the output-space cotangent
+    D = x0d[0].numel()
+    view = (N,) + (1,) * (x0d.dim() - 1)
+    r, G = (None, None)
+    if engine.reward is not None:
+        r, G = _reward_terms(engine, x0d, cond_n, cond, B, M, need_grad=lam > 0 and update_student)
+    w = time_weight(cfg.weighting, sch, s, x0d, m_ref, cfg.dmd_eps).to(x0d.dtype).view(view)
+    g_mm = w * (m_stu - m_ref)
+    scale = 1.0 / (N * D)
+    terms = {"mm": g_mm * scale}
+    if G is not None:
+        terms["reward"] = (-lam * M * D * scale) * G.to(x0d.dtype)
+    if a is not None:
+        terms["anchor"] = (2 * lam_reg * scale) * (x0d - a)
+    cot = sum(terms.values())
+
+    surrogate = (x0d * g_mm).flatten(1).sum(1) / D
+    l2 = ((x0d - a) ** 2).flatten(1).sum(1) / D if a is not None else None
+    value = surrogate.mean()
+    if r is not None and lam > 0:
+        value = value - lam * r.mean()
+    if l2 is not None:
+        value = value + lam_reg * l2.mean()
+    student_loss = None
+    if update_student:
+        lin = (x0 * cot).sum()
+        student_loss = lin + (value - lin).detach()  # value = objective, gradient = cotangent
+
+    # 8. auxiliary loss on the same z_s
+    w_aux = time_weight(cfg.effective_aux_weighting, sch, s).to(aux_out.dtype).view(view)
+    aux_loss = (w_aux * ((x0d - aux_out) ** 2 + (m_ref - aux_out) ** 2)).flatten(1).sum(1).mean() / D
+
+    calls = {k: d.calls - calls0[k][0] for k, d in nets.items() if d is not None}
+    nfe = sum(d.nfe - calls0[k][1] for k, d in nets.items() if d is not None) / N
+    nan = float("nan")
+    metrics = {
+        "phase": engine.phase,
+        "state_source": source,
+        "mm_surrogate": float(surrogate.mean()),
+        "reward_mean": float(r.mean()) if r is not None else nan,
+        "anchor_l2": float(l2.mean()) if l2 is not None else nan,
+        "student_loss": float(value),
+        "aux_loss": float(aux_loss.detach()),
+        "cot_norm_mm": float(terms["mm"].float().norm()),
+        "cot_norm_reward": float(terms["reward"].float().norm()) if "reward" in terms else 0.0,
+        "cot_norm_anchor": float(terms["anchor"].float().norm()) if "anchor" in terms else 0.0,
+        "t_mean": float(t.mean()),
+        "s_mean": float(s.mean()),
+        "nfe": nfe,
+        **{f"calls_{k}": v for k, v in calls.items()},
+        "student_update": update_student,
+        "backend": ops.resolve_backend("posterior_step", z_t, backend=engine.backend),
+    }
+    inter = {}
+    if return_intermediates:
+        inter = dict(x0=x0, z_t=z_t, z_s=z_s, t=t, s=s, m_ref=m_ref, m_stu=m_stu, anchor=a, reward=r,
+                     reward_grad=G, weight=w, cotangent=cot)
+    return StepLosses(student_loss, aux_loss, metrics, inter)
+
+
+def step(engine: RMMD, data: torch.Tensor | None = None, cond: Cond = None, *, batch_size: int | None = None,
+         generator: torch.Generator | None = None) -> dict:
+    """One full RMMD / MM iteration: losses, backward, finite checks, clipping, optimiser steps, EMA.
+
+    Args: as :func:`losses`.
+
+    Returns a dict of plain numbers (plus two short strings): ``mm_surrogate`` (the MM surrogate
+    ``mean (1/D)<x̂0, w(m_stu - m_ref)>``), ``reward_mean`` (nan without a reward), ``anchor_l2``
+    (nan without an anchor), ``student_loss`` (the objective's value), ``aux_loss``, per-term cotangent
+    norms ``cot_norm_mm / cot_norm_reward / cot_norm_anchor``, ``grad_norm`` (student, before
+    clipping), ``grad_norm_aux``, ``nfe`` (network evaluations per student sample in this iteration),
+    ``calls_<network>``, ``skipped`` / ``skipped_student`` / ``skipped_aux`` (a non-finite loss or
+    gradient skips that update and leaves weights and optimiser state untouched), ``t_mean``,
+    ``s_mean``, ``iteration``, ``phase`` (``'mm' | 'rmmd'``), ``state_source`` and ``backend``.
+    """
+    out = losses(engine, data, cond, batch_size=batch_size, generator=generator)
+    m = out.metrics
+    grad_norm, skipped_s = float("nan"), False
+    if out.student_loss is not None:
+        grad_norm, skipped_s = apply_update(out.student_loss, engine.student, engine.student_optimizer,
+                                            engine.config.grad_clip)
+        if not skipped_s:
+            engine.student_updates += 1
+            engine.update_ema()
+    grad_norm_aux, skipped_a = apply_update(out.aux_loss, engine.auxiliary, engine.aux_optimizer,
+                                            engine.config.grad_clip)
+    engine.iteration += 1
+    engine.skipped_updates += int(skipped_s or skipped_a)
+    m.update(grad_norm=grad_norm, grad_norm_aux=grad_norm_aux, skipped=float(skipped_s or skipped_a),
+             skipped_student=float(skipped_s), skipped_aux=float(skipped_a), iteration=engine.iteration)
+    m["student_update"] = float(m["student_update"])
+    return m
