@@ -91,11 +91,10 @@ def analytic_teacher(mixture: GaussianMixture, schedule: Schedule | str = "vp_co
 
 
 class MLPNet(nn.Module):
-    """Small MLP x-predictor for vector data: ``x̂ = c_skip(t)·z + MLP([z, fourier(t)])``.
+    """Small MLP x-predictor for vector data: ``x̂ = sigmoid(gate) * z + out``, ``[gate, out] = MLP([z, t, fourier(t)])``.
 
-    The skip ``alpha_t z`` style term is learned per time through the features; we only add ``z`` scaled
-    by a learned function so the network starts near a reasonable denoiser. dropout > 0 gives the
-    student RMMD's extra randomness ξ.
+    The learned gate lets the network pass z through at low noise (where x̂ ≈ z) without having to learn
+    the identity. ``dropout > 0`` gives the student RMMD's extra randomness ξ. z: ``(B, dim)``, t: ``(B,)``.
     """
 
     def __init__(self, dim: int = 2, hidden: int = 128, depth: int = 3, n_freq: int = 8, dropout: float = 0.0):
