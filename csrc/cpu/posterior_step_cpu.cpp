@@ -1,0 +1,146 @@
+// ATen CPU kernel of rmmd_core::posterior_step, the posterior / DDIM(eta) step (method.md §a.4, §e K1):
+//
+//   z_s[b, j] = A[b] * z_t[b, j] + C[b] * x_hat[b, j] + gamma[b] * n[b * D + j],
+//   n[i]      = philox randn(seed, offset + i)      (csrc/common/philox.h, Triton's tl.randn stream)
+//
+// z_t, x_hat: (B, ...) with D = numel / B elements per sample; A, C, gamma: (B,).
+// Backward (rmmd_core/ops/_library.py): dz_s/dz_t = A[b], dz_s/dx_hat = C[b]; none for the rest.
+//
+// Numerics: opmath is float32 for float/half/bfloat16 data and float64 for double data; the
+// coefficients are converted to opmath once (method.md Project defaults: coefficients are computed in
+// float64 on the side, element-wise work in fp32). The noise is float32 for every dtype, because that is
+// the stream Triton's tl.randn defines. Results are rounded to the input dtype once, at the store.
+//
+// Noise: on x86-64 CPUs with AVX2 + FMA it comes from csrc/cpu/randn_simd.h (8 lanes, polynomial log /
+// cos, a few float32 ULP from libm), elsewhere and for tails from the scalar csrc/common/philox.h;
+// RMMD_CORE_CPU_SIMD=0 forces the scalar path. Integer stages are bit-identical in both.
+//
+// Layout: non-contiguous z_t / x_hat are copied once by .contiguous() here (documented on the Python
+// API); the output is always a fresh contiguous tensor of z_t's shape, as the fake kernel promises.
+#include "posterior_step_cpu.h"
+
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
+#include <ATen/ops/empty.h>
+
+#include <algorithm>
+#include <cstdlib>
+#include <cstring>
+
+#include "../common/philox.h"
+#include "randn_simd.h"
+
+namespace rmmd {
+namespace {
+
+// Noise costs ~5 ns per element per core with AVX2 (~25 ns scalar: 10 Philox rounds + log + cos), so
+// 16K elements are 0.1-0.4 ms of work per task: far above at::parallel_for's scheduling cost, small
+// enough to balance a few cores.
+constexpr int64_t kGrainSize = 16384;
+// Noise is generated for a tile into a stack buffer, then combined with the data; 256 floats stay in L1.
+constexpr int64_t kTile = 256;
+
+// RMMD_CORE_CPU_SIMD=0 forces the scalar (libm) noise path; read per call so tests can compare both.
+bool use_simd_noise() {
+#if defined(RMMD_HAVE_AVX2_PATH)
+  const char* env = std::getenv("RMMD_CORE_CPU_SIMD");
+  return simd::cpu_has_avx2_fma() && !(env != nullptr && std::strcmp(env, "0") == 0);
+#else
+  return false;
+#endif
+}
+
+// noise[l] = philox::randn(seed, counter0 + l) for l < count (count <= kTile).
+void fill_noise(uint64_t seed, uint64_t counter0, int64_t count, bool simd_ok, float* noise) {
+  int64_t done = 0;
+#if defined(RMMD_HAVE_AVX2_PATH)
+  if (simd_ok) {
+    simd::randn_avx2(seed, counter0, count / 8, noise);
+    done = count - count % 8;
+  }
+#else
+  (void)simd_ok;
+#endif
+  // Tails and non-AVX2 CPUs. The counter is a uint64 sum; offset, index < 2^63 keep it below 2^64.
+  for (int64_t l = done; l < count; ++l) {
+    noise[l] = philox::randn(seed, counter0 + static_cast<uint64_t>(l));
+  }
+}
+
+// One run of `count` elements that all belong to the same sample (so share a, c, g). `counter0` is
+// offset + the logical index of the first element.
+template <typename scalar_t, typename opmath_t>
+void step_run(const scalar_t* z, const scalar_t* x, scalar_t* out, int64_t count, opmath_t a, opmath_t c,
+              opmath_t g, uint64_t seed, uint64_t counter0, bool simd_ok) {
+  if (g == opmath_t(0)) {
+    // Deterministic samples (eta = 0, or the final step into s = 0) skip noise generation entirely;
+    // this loop is bandwidth-bound and auto-vectorises.
+    for (int64_t j = 0; j < count; ++j) {
+      out[j] = static_cast<scalar_t>(a * static_cast<opmath_t>(z[j]) + c * static_cast<opmath_t>(x[j]));
+    }
+    return;
+  }
+  float noise[kTile];
+  for (int64_t j0 = 0; j0 < count; j0 += kTile) {
+    const int64_t m = std::min(kTile, count - j0);
+    fill_noise(seed, counter0 + static_cast<uint64_t>(j0), m, simd_ok, noise);
+    for (int64_t l = 0; l < m; ++l) {
+      const int64_t j = j0 + l;
+      // Same association as the reference: (A z + C x) + gamma n.
+      out[j] = static_cast<scalar_t>(a * static_cast<opmath_t>(z[j]) + c * static_cast<opmath_t>(x[j]) +
+                                     g * static_cast<opmath_t>(noise[l]));
+    }
+  }
+}
+
+}  // namespace
+
+at::Tensor posterior_step_cpu_kernel(const at::Tensor& z_t, const at::Tensor& x_hat, const at::Tensor& A,
+                                     const at::Tensor& C, const at::Tensor& gamma, int64_t seed,
+                                     int64_t offset) {
+  // One copy for strided inputs; a no-op for the common contiguous case.
+  const at::Tensor z = z_t.contiguous();
+  const at::Tensor x = x_hat.contiguous();
+  at::Tensor out = at::empty(z_t.sizes(), z_t.options().memory_format(at::MemoryFormat::Contiguous));
+
+  const int64_t numel = z.numel();
+  if (numel == 0) {
+    return out;
+  }
+  const int64_t per_sample = numel / z.size(0);  // D; z.size(0) > 0 because numel > 0
+
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, z.scalar_type(), "rmmd_core::posterior_step_cpu", [&] {
+    using opmath_t = at::opmath_type<scalar_t>;
+    const auto coef_dtype = c10::CppTypeToScalarType<opmath_t>::value;
+    const at::Tensor a = A.to(coef_dtype).contiguous();
+    const at::Tensor c = C.to(coef_dtype).contiguous();
+    const at::Tensor g = gamma.to(coef_dtype).contiguous();
+
+    const scalar_t* z_ptr = z.const_data_ptr<scalar_t>();
+    const scalar_t* x_ptr = x.const_data_ptr<scalar_t>();
+    scalar_t* out_ptr = out.mutable_data_ptr<scalar_t>();
+    const opmath_t* a_ptr = a.const_data_ptr<opmath_t>();
+    const opmath_t* c_ptr = c.const_data_ptr<opmath_t>();
+    const opmath_t* g_ptr = g.const_data_ptr<opmath_t>();
+    const uint64_t seed_u = static_cast<uint64_t>(seed);
+    const uint64_t offset_u = static_cast<uint64_t>(offset);
+    const bool simd_ok = use_simd_noise();
+
+    // Parallel over flat elements, not samples: B is often smaller than the core count (B = 1..8 at
+    // 5.3M-value weather states), and D often smaller than a grain (toy problems).
+    at::parallel_for(0, numel, kGrainSize, [&](int64_t begin, int64_t end) {
+      int64_t i = begin;
+      while (i < end) {
+        const int64_t b = i / per_sample;
+        const int64_t run_end = std::min(end, (b + 1) * per_sample);
+        step_run<scalar_t, opmath_t>(z_ptr + i, x_ptr + i, out_ptr + i, run_end - i, a_ptr[b], c_ptr[b],
+                                     g_ptr[b], seed_u, offset_u + static_cast<uint64_t>(i), simd_ok);
+        i = run_end;
+      }
+    });
+  });
+  return out;
+}
+
+}  // namespace rmmd

@@ -1,0 +1,36 @@
+"""Fused element-wise ops of rmmd_core (method.md §e) and their backend dispatch.
+
+Importing this package loads the C++ extension ``rmmd_core._C`` when it was built (registering
+``torch.ops.rmmd_core.*``), adds the Python fakes and autograd formulas, and exposes the validated
+public entry points. A missing or broken extension is not an error here: the ``reference`` backend
+still works, and the saved ImportError resurfaces, with an install hint, only when a C++ backend
+(``cpu`` / ``cuda``) is requested explicitly.
+"""
+
+from __future__ import annotations
+
+try:
+    from .. import _C  # noqa: F401  (loading the .so runs the TORCH_LIBRARY registrations)
+except ImportError as _err:  # not built (RMMD_CORE_SKIP_EXT=1) or built against another torch
+    _C_IMPORT_ERROR: ImportError | None = _err
+else:
+    _C_IMPORT_ERROR = None
+
+from . import _library  # noqa: E402  (needs the schemas from _C, when present)
+from . import dispatch  # noqa: E402
+from .dispatch import (  # noqa: E402
+    BACKENDS,
+    available_backends,
+    backend_reasons,
+    philox_randn,
+    posterior_step,
+    resolve_backend,
+)
+from .reference import philox_randn_ref, posterior_step_ref  # noqa: E402
+
+dispatch.refresh(_C_IMPORT_ERROR)
+
+__all__ = [
+    "BACKENDS", "available_backends", "backend_reasons", "philox_randn", "philox_randn_ref", "posterior_step",
+    "posterior_step_ref", "resolve_backend",
+]

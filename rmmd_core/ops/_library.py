@@ -1,0 +1,89 @@
+"""Python-side registrations of the ``rmmd_core`` ops: fake (meta) kernels and autograd formulas.
+
+The schemas and the CPU / CUDA kernels come from the C++ extension (csrc/bindings/). Without it there
+is no ``torch.ops.rmmd_core.posterior_step`` to register against, so registration is skipped and the
+dispatcher falls back to ``ops/reference.py`` (see dispatch.py).
+"""
+
+from __future__ import annotations
+
+import torch
+
+__all__ = ["op_defined", "registered_ops"]
+
+_POSTERIOR_STEP = "rmmd_core::posterior_step"
+_DATA_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+
+
+def op_defined(qualname: str) -> bool:
+    """Whether ``torch.ops.<ns>.<name>`` has a schema (i.e. the extension that defines it is loaded)."""
+    namespace, _, name = qualname.partition("::")
+    return hasattr(getattr(torch.ops, namespace), name)
+
+
+def _check_coefficient(coef: torch.Tensor, name: str, z_t: torch.Tensor) -> None:
+    torch._check(coef.dim() == 1 and coef.shape[0] == z_t.shape[0],
+                 lambda: f"rmmd_core::posterior_step: {name} must have shape (B,) = ({z_t.shape[0]},), "
+                         f"got {tuple(coef.shape)}")
+    torch._check(coef.dtype.is_floating_point,
+                 lambda: f"rmmd_core::posterior_step: {name} must be a floating tensor, got {coef.dtype}")
+    torch._check(coef.device == z_t.device,
+                 lambda: f"rmmd_core::posterior_step: {name} is on {coef.device} but z_t is on {z_t.device}")
+
+
+def _posterior_step_fake(z_t, x_hat, A, C, gamma, seed, offset):
+    # Mirrors csrc/bindings/posterior_step_checks.h; no data access.
+    torch._check(z_t.dim() >= 1, lambda: "rmmd_core::posterior_step: z_t must have a leading batch dimension")
+    torch._check(z_t.dtype in _DATA_DTYPES,
+                 lambda: f"rmmd_core::posterior_step: z_t must be float32, float64, float16 or bfloat16, "
+                         f"got {z_t.dtype}")
+    torch._check(x_hat.shape == z_t.shape,
+                 lambda: f"rmmd_core::posterior_step: x_hat has shape {tuple(x_hat.shape)} but z_t has "
+                         f"shape {tuple(z_t.shape)}")
+    torch._check(x_hat.dtype == z_t.dtype,
+                 lambda: f"rmmd_core::posterior_step: x_hat has dtype {x_hat.dtype} but z_t has dtype {z_t.dtype}")
+    torch._check(x_hat.device == z_t.device,
+                 lambda: f"rmmd_core::posterior_step: x_hat is on {x_hat.device} but z_t is on {z_t.device}")
+    for coef, name in ((A, "A"), (C, "C"), (gamma, "gamma")):
+        _check_coefficient(coef, name, z_t)
+    torch._check(seed >= 0, lambda: f"rmmd_core::posterior_step: seed must be non-negative, got {seed}")
+    torch._check(offset >= 0, lambda: f"rmmd_core::posterior_step: offset must be non-negative, got {offset}")
+    # new_empty, not empty_like: the kernels always return a contiguous tensor, even for strided z_t.
+    return z_t.new_empty(z_t.shape)
+
+
+def _posterior_step_setup_context(ctx, inputs, output):
+    _, _, A, C, _, _, _ = inputs
+    # Only the (B,) coefficients the requested gradients need; no activations are saved.
+    ctx.save_for_backward(A if ctx.needs_input_grad[0] else None, C if ctx.needs_input_grad[1] else None)
+
+
+def _scale_per_sample(grad: torch.Tensor, coef: torch.Tensor) -> torch.Tensor:
+    # Same precision rule as the forward kernel: float32 math, float64 for float64 data.
+    opmath = torch.float64 if grad.dtype == torch.float64 else torch.float32
+    shape = (grad.shape[0],) + (1,) * (grad.dim() - 1)
+    return (grad.to(opmath) * coef.to(opmath).reshape(shape)).to(grad.dtype)
+
+
+def _posterior_step_backward(ctx, grad):
+    """dz_s/dz_t = A[b], dz_s/dx_hat = C[b]; A, C, gamma, seed and offset get no gradient.
+
+    The coefficients come from the noise schedule (method.md §a.4) and are treated as constants; the
+    reference detaches them too, so every backend has the same gradients.
+    """
+    A, C = ctx.saved_tensors
+    grad_z = _scale_per_sample(grad, A) if ctx.needs_input_grad[0] else None
+    grad_x = _scale_per_sample(grad, C) if ctx.needs_input_grad[1] else None
+    return grad_z, grad_x, None, None, None, None, None
+
+
+def _register() -> tuple[str, ...]:
+    if not op_defined(_POSTERIOR_STEP):
+        return ()
+    torch.library.register_fake(_POSTERIOR_STEP, _posterior_step_fake)
+    torch.library.register_autograd(_POSTERIOR_STEP, _posterior_step_backward,
+                                    setup_context=_posterior_step_setup_context)
+    return (_POSTERIOR_STEP,)
+
+
+registered_ops: tuple[str, ...] = _register()

@@ -1,0 +1,263 @@
+"""Backend selection and the public, validated entry points of the fused ops.
+
+Backends (house-style "Dispatch"):
+
+* ``reference``: ``ops/reference.py``, pure PyTorch, always available, the truth in tests;
+* ``cpu``: the ATen kernel in ``rmmd_core._C`` (CPU tensors);
+* ``triton``: reserved; no Triton kernel for ``posterior_step`` yet;
+* ``cuda``: the torch-free CUDA kernel in ``rmmd_core._C``, present only in builds against CUDA torch.
+
+The choice comes from the ``backend=`` argument, else the ``RMMD_CORE_BACKEND`` environment variable
+(read at call time), else ``auto``. An explicit choice that cannot run raises ``RuntimeError`` with the
+reasons; ``auto`` takes the first backend of ``cuda, triton, cpu, reference`` that has none. Every
+backend answers ``not_supported_reasons(tensors) -> list[str]`` (the idea of xformers' dispatcher).
+"""
+
+from __future__ import annotations
+
+import operator
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from ._library import op_defined
+from .reference import philox_randn_ref, posterior_step_ref
+
+__all__ = [
+    "BACKENDS", "BACKEND_ENV", "Backend", "available_backends", "backend_reasons", "get_backend", "philox_randn",
+    "posterior_step", "resolve_backend",
+]
+
+BACKEND_ENV = "RMMD_CORE_BACKEND"
+BACKENDS = ("reference", "cpu", "triton", "cuda")
+_AUTO_ORDER = ("cuda", "triton", "cpu", "reference")
+_OPS = ("posterior_step",)
+_DATA_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+_INSTALL_HINT = "rebuild it with `pip install --no-build-isolation -e .` from the repository root"
+
+# Set by rmmd_core/ops/__init__.py after it tried to import rmmd_core._C.
+_extension_error: ImportError | None = None
+# Build-level reasons per (backend, op), computed once by refresh() so that traced code (torch.compile)
+# only reads plain Python data instead of querying the dispatcher.
+_static_reasons: dict[tuple[str, str], tuple[str, ...]] = {}
+
+
+def _has_kernel(op: str, dispatch_key: str) -> bool:
+    # Private but stable dispatcher query (torchao's tests use it the same way): is a kernel registered?
+    qualname = f"rmmd_core::{op}"
+    return op_defined(qualname) and torch._C._dispatch_has_kernel_for_dispatch_key(qualname, dispatch_key)
+
+
+def _extension_reasons(backend: str, op: str) -> tuple[str, ...]:
+    if _extension_error is not None:
+        return (f"rmmd_core._C failed to import ({_extension_error}); {_INSTALL_HINT}",)
+    if not op_defined(f"rmmd_core::{op}"):
+        return (f"rmmd_core._C does not define rmmd_core::{op}; {_INSTALL_HINT}",)
+    if backend == "cpu" and not _has_kernel(op, "CPU"):
+        return (f"rmmd_core._C has no CPU kernel for rmmd_core::{op}",)
+    if backend == "cuda" and not _has_kernel(op, "CUDA"):
+        why = ("torch is a CPU build (torch.version.cuda is None)" if torch.version.cuda is None
+               else "rmmd_core._C was built without CUDA (RMMD_CORE_SKIP_CUDA or no CUDA_HOME at build time)")
+        return (f"no CUDA build: {why}",)
+    return ()
+
+
+def refresh(extension_error: ImportError | None = None) -> None:
+    """Recompute build-level availability (called on import; call again after loading a new extension)."""
+    global _extension_error
+    _extension_error = extension_error
+    for op in _OPS:
+        _static_reasons[("reference", op)] = ()
+        _static_reasons[("triton", op)] = ("not implemented for this op yet",)
+        for backend in ("cpu", "cuda"):
+            _static_reasons[(backend, op)] = _extension_reasons(backend, op)
+
+
+@dataclass(frozen=True)
+class Backend:
+    """One way to run one op: ``name`` in BACKENDS, the ``op`` name, and the device type it needs."""
+
+    name: str
+    op: str
+    device_type: str | None  # None: any device (the reference)
+
+    def not_supported_reasons(self, tensors: Sequence[torch.Tensor] = ()) -> list[str]:
+        """Why this backend cannot run its op on ``tensors`` (empty list: it can)."""
+        reasons = list(_static_reasons[(self.name, self.op)])
+        if self.device_type is not None:
+            others = sorted({str(t.device) for t in tensors if t.device.type != self.device_type})
+            if others:
+                reasons.append(f"the {self.name} backend needs {self.device_type} tensors, got tensors on "
+                               f"{', '.join(others)}")
+        return reasons
+
+
+# The reference runs anywhere; the future Triton backend runs on CUDA tensors, or CPU ones under
+# TRITON_INTERPRET=1, so it will declare its device rule in its static reasons.
+_DEVICE_TYPES = {"reference": None, "cpu": "cpu", "triton": None, "cuda": "cuda"}
+_BACKEND_OBJECTS = {(op, name): Backend(name, op, _DEVICE_TYPES[name]) for op in _OPS for name in BACKENDS}
+
+
+def get_backend(op: str, name: str) -> Backend:
+    """The ``Backend`` called ``name`` for ``op``."""
+    _check_op(op)
+    if name not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {name!r}")
+    return _BACKEND_OBJECTS[(op, name)]
+
+
+def backend_reasons(op: str, *tensors: torch.Tensor) -> dict[str, list[str]]:
+    """``{backend: reasons}`` for every backend (empty reasons: usable for these tensors)."""
+    return {name: get_backend(op, name).not_supported_reasons(tensors) for name in BACKENDS}
+
+
+def available_backends(op: str = "posterior_step", *tensors: torch.Tensor) -> list[str]:
+    """Backends that can run ``op`` (on ``tensors``, if given), in auto-selection priority order."""
+    return [name for name in _AUTO_ORDER if not get_backend(op, name).not_supported_reasons(tensors)]
+
+
+def _check_op(op: str) -> None:
+    if op not in _OPS:
+        raise ValueError(f"op must be one of {_OPS}, got {op!r}")
+
+
+def _requested_backend(backend: str | None) -> tuple[str, str]:
+    """(choice, where it came from); choice is 'auto' or a backend name."""
+    if backend is not None:
+        source = "backend argument"
+        choice = backend
+    else:
+        source = f"environment variable {BACKEND_ENV}"
+        choice = os.environ.get(BACKEND_ENV, "auto")
+    if not isinstance(choice, str) or choice.strip().lower() not in ("auto",) + BACKENDS:
+        raise ValueError(f"{source} must be one of {('auto',) + BACKENDS}, got {choice!r}")
+    return choice.strip().lower(), source
+
+
+def resolve_backend(op: str, *tensors: torch.Tensor, backend: str | None = None) -> str:
+    """Name of the backend that ``op`` would run on for ``tensors`` (what engines log).
+
+    Args:
+        op: op name, e.g. ``"posterior_step"``.
+        *tensors: the op's tensor arguments (their devices matter).
+        backend: ``None`` (use ``RMMD_CORE_BACKEND``, default ``auto``), ``"auto"`` or a backend name.
+
+    Raises:
+        ValueError: unknown op or backend name.
+        RuntimeError: an explicitly requested backend cannot run; the message lists why.
+    """
+    _check_op(op)
+    choice, source = _requested_backend(backend)
+    if choice == "auto":
+        for name in _AUTO_ORDER:
+            if not get_backend(op, name).not_supported_reasons(tensors):
+                return name
+        # Unreachable while the reference accepts everything; kept so a future restriction fails loudly.
+        raise RuntimeError(f"no backend can run rmmd_core::{op}: {backend_reasons(op, *tensors)}")
+    reasons = get_backend(op, choice).not_supported_reasons(tensors)
+    if reasons:
+        message = f"backend {choice!r} ({source}) cannot run rmmd_core::{op}: " + "; ".join(reasons)
+        if choice in ("cpu", "cuda") and _extension_error is not None:
+            raise RuntimeError(message) from _extension_error
+        raise RuntimeError(message)
+    return choice
+
+
+def _check_int(value, name: str, upper: int | None = None) -> int:
+    if isinstance(value, bool):
+        raise TypeError(f"{name} must be an int, got bool")
+    try:
+        value = operator.index(value)
+    except TypeError:
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}") from None
+    if value < 0:
+        raise ValueError(f"{name} must be non-negative, got {value}")
+    if upper is not None and value >= upper:
+        raise ValueError(f"{name} must be < {upper}, got {value}")
+    return value
+
+
+def _validate_posterior_step(z_t, x_hat, A, C, gamma, seed, offset) -> tuple[int, int]:
+    for name, t in (("z_t", z_t), ("x_hat", x_hat), ("A", A), ("C", C), ("gamma", gamma)):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if z_t.dim() < 1:
+        raise ValueError("z_t must have a leading batch dimension (shape (B, ...)), got a 0-d tensor")
+    if z_t.dtype not in _DATA_DTYPES:
+        raise TypeError(f"z_t must be float32, float64, float16 or bfloat16, got {z_t.dtype}")
+    if x_hat.shape != z_t.shape:
+        raise ValueError(f"x_hat must have z_t's shape {tuple(z_t.shape)}, got {tuple(x_hat.shape)}")
+    if x_hat.dtype != z_t.dtype:
+        raise TypeError(f"x_hat must have z_t's dtype {z_t.dtype}, got {x_hat.dtype}")
+    if x_hat.device != z_t.device:
+        raise ValueError(f"x_hat must be on z_t's device {z_t.device}, got {x_hat.device}")
+    batch = z_t.shape[0]
+    for name, coef in (("A", A), ("C", C), ("gamma", gamma)):
+        if coef.dim() != 1 or coef.shape[0] != batch:
+            raise ValueError(f"{name} must have shape (B,) = ({batch},), got {tuple(coef.shape)}")
+        if not coef.dtype.is_floating_point:
+            raise TypeError(f"{name} must be a floating tensor (float64 recommended), got {coef.dtype}")
+        if coef.device != z_t.device:
+            raise ValueError(f"{name} must be on z_t's device {z_t.device}, got {coef.device}")
+    return _check_int(seed, "seed", upper=2**63), _check_int(offset, "offset", upper=2**63)
+
+
+def posterior_step(z_t: torch.Tensor, x_hat: torch.Tensor, A: torch.Tensor, C: torch.Tensor,
+                   gamma: torch.Tensor, seed: int, offset: int = 0, backend: str | None = None) -> torch.Tensor:
+    """Posterior / DDIM(eta) step with in-kernel Philox noise (method.md §a.4, §e K1)::
+
+        z_s[b, j] = A[b] * z_t[b, j] + C[b] * x_hat[b, j] + gamma[b] * n[b * D + j]
+        n[i]      = tl.randn(seed, offset + i)          (Philox-4x32-10 + Box-Muller, float32)
+
+    D = z_t.numel() // B and i is the flat row-major *logical* index, so results do not depend on
+    strides. For DDIM(eta): A = sqrt(sigma_s^2 - gamma^2) / sigma_t, C = alpha_s - A alpha_t,
+    gamma = eta sigma_s sigma_{t|s} / sigma_t. Samples with gamma[b] == 0 draw no noise. Math runs in
+    float32 (float64 for float64 data; the noise itself is always float32) and is rounded once.
+    Non-contiguous z_t / x_hat are copied once by the C++ kernels; the output is always contiguous.
+
+    Autograd: grad_z_t = A[b] * grad, grad_x_hat = C[b] * grad. A, C, gamma, seed and offset are
+    treated as constants (no gradient on any backend).
+
+    Args:
+        z_t: (B, ...) float32, float64, float16 or bfloat16: the state at time t.
+        x_hat: same shape, dtype and device as z_t: the x-prediction.
+        A, C, gamma: (B,) floating tensors on z_t's device (compute them in float64; they are read as
+            float32, or float64 for float64 data).
+        seed: Philox key, int in [0, 2**63). Same (seed, offset) gives the same noise.
+        offset: first Philox counter, int in [0, 2**63); draw ``numel`` counters per call, so
+            successive calls sharing a seed should advance it by ``z_t.numel()``.
+        backend: None (``RMMD_CORE_BACKEND``, default auto), "auto", "reference", "cpu", "triton", "cuda".
+
+    Returns:
+        z_s: new contiguous tensor with z_t's shape, dtype and device.
+
+    Raises:
+        TypeError / ValueError: invalid arguments (the message names the argument).
+        RuntimeError: an explicitly requested backend cannot run (the message says why).
+    """
+    seed, offset = _validate_posterior_step(z_t, x_hat, A, C, gamma, seed, offset)
+    name = resolve_backend("posterior_step", z_t, x_hat, A, C, gamma, backend=backend)
+    if name == "reference":
+        return posterior_step_ref(z_t, x_hat, A, C, gamma, seed, offset)
+    # cpu and cuda are the same dispatcher op; the tensors' device selects the kernel.
+    return torch.ops.rmmd_core.posterior_step(z_t, x_hat, A, C, gamma, seed, offset)
+
+
+def philox_randn(numel: int, seed: int, offset: int = 0, *, device: torch.device | str | None = None) -> torch.Tensor:
+    """The noise stream the kernels draw: ``n[i] = tl.randn(seed, offset + i)`` for i < numel.
+
+    Args:
+        numel: number of draws, >= 0.
+        seed: int in [0, 2**63).
+        offset: int in [0, 2**63).
+        device: where to compute (default CPU).
+
+    Returns:
+        float32 tensor of shape (numel,); computed by the pure-PyTorch reference.
+    """
+    numel = _check_int(numel, "numel")
+    seed = _check_int(seed, "seed", upper=2**63)
+    offset = _check_int(offset, "offset", upper=2**63)
+    return philox_randn_ref(numel, seed, offset, device)

@@ -1,0 +1,153 @@
+"""Pure-PyTorch references for the fused ops: the truth every backend is tested against.
+
+Nothing here is fast; everything here is simple, runs on any device PyTorch supports, is
+differentiable where the op is, and compiles with ``torch.compile(fullgraph=True, dynamic=True)``
+(see ``_mul_hi_lo`` and ``_scalar`` for the two formulation choices that make Inductor cope). The Philox stream is the one of Triton's ``tl.randn`` and of
+``csrc/common/philox.h``; the constants are copied from ``triton/language/random.py`` (triton 3.9.0,
+MIT licence), and ``tests/test_posterior_step_op.py`` checks them against the installed triton.
+
+Philox needs unsigned 32-bit arithmetic, which PyTorch lacks on most devices (uint32 tensors have no
+shifts); it is emulated in int64 tensors holding values in [0, 2**32), masked after every operation.
+"""
+
+from __future__ import annotations
+
+import torch
+
+__all__ = ["philox4x32_ref", "philox_randn_ref", "posterior_step_ref"]
+
+_MASK32 = 0xFFFFFFFF
+_KEY_A, _KEY_B = 0x9E3779B9, 0xBB67AE85  # Weyl key increments
+_ROUND_A, _ROUND_B = 0xD2511F53, 0xCD9E8D57  # round multipliers
+_N_ROUNDS = 10
+_UNIFORM_SCALE = 4.6566127342e-10  # float32(scale): (2**31 - 1) * scale < 1 after rounding
+_TWO_PI = 6.283185307179586
+_MIN_UNIFORM = 1.0e-7  # clamps log(0); bounds |n| by sqrt(-2 ln 1e-7) ~= 5.68
+
+
+def _mul_hi_lo(const: int, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """High and low 32 bits of ``const * x`` for a 32-bit constant and int64 ``x`` in [0, 2**32).
+
+    The 64-bit product wraps in int64 (two's complement on every PyTorch backend: CPU scalar and
+    vector kernels, CUDA, Inductor's C++ and Triton code); masking after the shift recovers the
+    unsigned high word. One product per multiply keeps each Philox state word used once per round,
+    which keeps Inductor's fused expression linear in the rounds (a 16-bit-limb split reuses every
+    word several times per round, and Inductor's lowering then grows exponentially with the rounds).
+    tests/test_posterior_step_op.py checks this against Python's exact integers.
+    """
+    product = const * x
+    return (product >> 32) & _MASK32, product & _MASK32
+
+
+def _scalar(value: int, device) -> torch.Tensor:
+    # seed / offset enter as 0-d int64 tensors, not Python ints: under torch.compile a changing seed
+    # becomes a SymInt, and Inductor's CPU codegen miscompiles bit ops on symbolic ints (torch 2.13:
+    # "Vectorized<float> >> shift"); tensor arithmetic compiles like the rest of the stream.
+    return torch.tensor(value, dtype=torch.int64, device=device)
+
+
+def _counters(numel: int, offset: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Low / high 32 bits of the uint64 counters ``offset + i`` for i < numel."""
+    i = torch.arange(numel, dtype=torch.int64, device=device)
+    off = _scalar(offset, device)
+    lo = (i & _MASK32) + (off & _MASK32)  # < 2**33: the carry sits in bit 32
+    hi = ((i >> 32) + (off >> 32) + (lo >> 32)) & _MASK32
+    return lo & _MASK32, hi
+
+
+def philox4x32_ref(numel: int, seed: int, offset: int = 0, device=None) -> tuple[torch.Tensor, ...]:
+    """The four 32-bit Philox-4x32-10 outputs for counters ``offset + i``, i in [0, numel).
+
+    Counter ``(c0, c1, c2, c3) = (lo32(offset + i), hi32(offset + i), 0, 0)``, key ``(lo32(seed),
+    hi32(seed))``: the layout of Triton's ``tl.randint4x(seed, offset + i)`` with int64 offsets.
+
+    Args:
+        numel: number of counters.
+        seed: integer in [0, 2**63).
+        offset: integer in [0, 2**63).
+        device: where to compute.
+
+    Returns:
+        Four int64 tensors of shape (numel,) with values in [0, 2**32).
+    """
+    c0, c1 = _counters(numel, offset, device)
+    c2 = torch.zeros_like(c0)
+    c3 = torch.zeros_like(c0)
+    key = _scalar(seed, c0.device)
+    k0, k1 = key & _MASK32, (key >> 32) & _MASK32
+    for _ in range(_N_ROUNDS):
+        hi_b, lo_b = _mul_hi_lo(_ROUND_B, c2)
+        hi_a, lo_a = _mul_hi_lo(_ROUND_A, c0)
+        c0, c1, c2, c3 = hi_b ^ c1 ^ k0, lo_b, hi_a ^ c3 ^ k1, lo_a
+        k0, k1 = (k0 + _KEY_A) & _MASK32, (k1 + _KEY_B) & _MASK32
+    return c0, c1, c2, c3
+
+
+def _uint_to_uniform(x: torch.Tensor) -> torch.Tensor:
+    """Triton's ``uint_to_uniform_float`` for 32-bit values: fold the sign half with ~x, scale in fp32."""
+    folded = torch.where(x >= 2**31, x ^ _MASK32, x)  # == ~int32(x) for "negative" x; in [0, 2**31)
+    scale = torch.tensor(_UNIFORM_SCALE, dtype=torch.float32, device=x.device)
+    return folded.to(torch.float32) * scale
+
+
+def philox_randn_ref(numel: int, seed: int, offset: int = 0, device=None) -> torch.Tensor:
+    """Standard normals ``n[i] = tl.randn(seed, offset + i)`` for i in [0, numel), in float32.
+
+    Box-Muller on the first two Philox outputs (the sine half is discarded, as in ``tl.randn``)::
+
+        u0, u1 = uniform(r0), uniform(r1)
+        n = sqrt(-2 log max(1e-7, u0)) * cos(2 pi u1)
+
+    Integer stages are bit-exact with every backend; log / cos may differ by a few float32 ULP
+    between libraries.
+
+    Args:
+        numel: number of draws.
+        seed: integer in [0, 2**63).
+        offset: integer >= 0; ``philox_randn_ref(n, s, o)[k:] == philox_randn_ref(n - k, s, o + k)``.
+        device: where to compute (default: CPU).
+
+    Returns:
+        float32 tensor of shape (numel,).
+    """
+    r0, r1, _, _ = philox4x32_ref(numel, seed, offset, device)
+    u0 = torch.clamp_min(_uint_to_uniform(r0), _MIN_UNIFORM)
+    theta = torch.tensor(_TWO_PI, dtype=torch.float32, device=u0.device) * _uint_to_uniform(r1)
+    radius = torch.sqrt(-2.0 * torch.log(u0))
+    return radius * torch.cos(theta)
+
+
+def posterior_step_ref(z_t: torch.Tensor, x_hat: torch.Tensor, A: torch.Tensor, C: torch.Tensor,
+                       gamma: torch.Tensor, seed: int, offset: int = 0) -> torch.Tensor:
+    """Posterior / DDIM(eta) step (method.md §a.4, §e K1), pure PyTorch::
+
+        z_s[b, j] = A[b] * z_t[b, j] + C[b] * x_hat[b, j] + gamma[b] * n[b * D + j]
+
+    with ``n = philox_randn_ref(B * D, seed, offset)`` indexed by the flat row-major *logical* index,
+    so strided inputs give the same result as their contiguous copies.
+
+    Computed in float32 (float64 for float64 data), rounded once to the input dtype. The coefficients
+    are read in that precision too, and are treated as constants (detached), as the fused kernels do:
+    gradients flow to ``z_t`` (A[b] * grad) and ``x_hat`` (C[b] * grad) only.
+
+    Args:
+        z_t: (B, ...) float32 / float64 / float16 / bfloat16, the noisy state at time t.
+        x_hat: same shape, dtype and device as z_t, the denoiser's x-prediction.
+        A, C, gamma: (B,) floating per-sample coefficients (typically float64); see method.md §a.4.
+        seed: Philox key in [0, 2**63).
+        offset: first Philox counter, >= 0.
+
+    Returns:
+        z_s: new contiguous tensor with z_t's shape and dtype.
+    """
+    opmath = torch.float64 if z_t.dtype == torch.float64 else torch.float32
+    batch = z_t.shape[0]
+    bshape = (batch,) + (1,) * (z_t.dim() - 1)
+
+    def coef(t: torch.Tensor) -> torch.Tensor:
+        return t.detach().to(device=z_t.device, dtype=opmath).reshape(bshape)
+
+    out = coef(A) * z_t.to(opmath) + coef(C) * x_hat.to(opmath)
+    noise = philox_randn_ref(z_t.numel(), seed, offset, z_t.device).reshape(z_t.shape).to(opmath)
+    out = out + coef(gamma) * noise
+    return out.to(z_t.dtype).contiguous()
