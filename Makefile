@@ -1,0 +1,47 @@
+# rmmd_core: `make demo` and `make test` each set up everything they need on a fresh machine.
+#   venv (.venv) -> torch (TORCH_SPEC, skipped when the venv already imports torch) -> deps -> C++ build
+PYTHON     ?= python3
+VENV       ?= .venv
+TORCH_SPEC ?= torch==2.13.0
+PY         := $(VENV)/bin/python
+PIP        := $(PY) -m pip
+STAMPS     := .stamps
+DEPS       := triton numpy pytest pytest-timeout ninja pybind11 hypothesis diffusers scipy
+EXT_SRCS   := setup.py $(shell find csrc -type f 2>/dev/null)
+
+.PHONY: demo test bench setup clean
+
+demo: setup
+	$(PY) -m rmmd_core demo
+
+test: setup
+	$(PY) -m pytest -q -p no:cacheprovider tests
+
+bench: setup
+	$(PY) benchmarks/bench_posterior_step.py
+
+setup: $(STAMPS)/build
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+
+# torch first and pinned: an unpinned torch (or a dependency's range) would pull a CUDA build
+$(STAMPS)/torch: | $(PY)
+	@mkdir -p $(STAMPS)
+	@$(PY) -c "import torch" 2>/dev/null && echo "torch already installed: $$($(PY) -c 'import torch; print(torch.__version__)')" \
+		|| $(PIP) install -q "$(TORCH_SPEC)"
+	@touch $@
+
+$(STAMPS)/deps: $(STAMPS)/torch Makefile
+	$(PIP) install -q $(DEPS)
+	@$(PY) -c "import torch; print('torch', torch.__version__)"
+	@touch $@
+
+# --no-build-isolation: build against the torch installed above, never a second one
+$(STAMPS)/build: $(STAMPS)/deps $(EXT_SRCS)
+	$(PIP) install -q --no-build-isolation --no-deps -e .
+	@touch $@
+
+clean:
+	rm -rf build $(STAMPS) rmmd_core/*.so *.egg-info
