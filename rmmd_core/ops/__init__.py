@@ -4,7 +4,8 @@ Importing this package loads the C++ extension ``rmmd_core._C`` when it was buil
 ``torch.ops.rmmd_core.*``), adds the Python fakes and autograd formulas, and exposes the validated
 public entry points. A missing or broken extension is not an error here: the ``reference`` backend
 still works, and the saved ImportError resurfaces, with an install hint, only when a C++ backend
-(``cpu`` / ``cuda``) is requested explicitly.
+(``cpu`` / ``cuda``) is requested explicitly. The Triton kernels (``ops/triton``) are imported the same
+way: without triton the ``triton`` backend reports why.
 """
 
 from __future__ import annotations
@@ -16,7 +17,16 @@ except ImportError as _err:  # not built (RMMD_CORE_SKIP_EXT=1) or built against
 else:
     _C_IMPORT_ERROR = None
 
-from . import _library  # noqa: E402  (needs the schemas from _C, when present)
+try:
+    from . import triton as _triton_ops  # noqa: E402  (defines the rmmd_core::<op>_triton triton_ops)
+except ImportError as _err:  # triton not installed, or too old for torch.library.triton_op
+    _TRITON_IMPORT_ERROR: ImportError | None = _err
+    _TRITON_INTERPRETER = False
+else:
+    _TRITON_IMPORT_ERROR = None
+    _TRITON_INTERPRETER = _triton_ops.interpreter_mode()
+
+from . import _library  # noqa: E402  (needs the schemas from _C and the triton_ops, when present)
 from . import dispatch  # noqa: E402
 from .dispatch import (  # noqa: E402
     BACKENDS,
@@ -28,7 +38,7 @@ from .dispatch import (  # noqa: E402
 )
 from .reference import philox_randn_ref, posterior_step_ref  # noqa: E402
 
-dispatch.refresh(_C_IMPORT_ERROR)
+dispatch.refresh(_C_IMPORT_ERROR, _TRITON_IMPORT_ERROR, _TRITON_INTERPRETER)
 
 __all__ = [
     "BACKENDS", "available_backends", "backend_reasons", "philox_randn", "philox_randn_ref", "posterior_step",
