@@ -69,8 +69,8 @@ void abs_partials(const Layout& L, const scalar_t* x0, const scalar_t* m_ref, st
 // e = x0 - a. HAS_R / HAS_A are compile-time so absent inputs cost nothing in the loop.
 template <typename scalar_t, typename opmath_t, bool HAS_R, bool HAS_A>
 void assemble(const Layout& L, const scalar_t* x0, const scalar_t* m_stu, const scalar_t* m_ref,
-              const scalar_t* g_r, const scalar_t* anchor, const opmath_t* w_eff, opmath_t lam,
-              opmath_t two_lam_reg, opmath_t scale, scalar_t* out, std::vector<std::array<double, 4>>& partial) {
+              const scalar_t* g_r, const scalar_t* anchor, const opmath_t* w_eff, opmath_t lam_s,
+              opmath_t reg_s, opmath_t scale, scalar_t* out, std::vector<std::array<double, 4>>& partial) {
   at::parallel_for(0, L.tasks(), 1, [&](int64_t t0, int64_t t1) {
     for (int64_t t = t0; t < t1; ++t) {
       const opmath_t we = w_eff[t / L.chunks];
@@ -83,20 +83,21 @@ void assemble(const Layout& L, const scalar_t* x0, const scalar_t* m_stu, const 
           const opmath_t x = static_cast<opmath_t>(x0[i]);
           const opmath_t d = static_cast<opmath_t>(m_stu[i]) - static_cast<opmath_t>(m_ref[i]);
           const opmath_t g_mm = we * d;
-          opmath_t g = g_mm;  // same association as the reference: ((w d - lam r) + 2 lam_reg e) * scale
+          // Same association as the reference: ((w d) scale - (scale lam) r) + (2 scale lam_reg) e.
+          opmath_t g = g_mm * scale;
           s_xd += x * g_mm;
           s_dd += d * d;
           if constexpr (HAS_R) {
             const opmath_t r = static_cast<opmath_t>(g_r[i]);
-            g -= lam * r;
+            g -= lam_s * r;
             s_rr += r * r;
           }
           if constexpr (HAS_A) {
             const opmath_t e = x - static_cast<opmath_t>(anchor[i]);
-            g += two_lam_reg * e;
+            g += reg_s * e;
             s_ee += e * e;
           }
-          out[i] = static_cast<scalar_t>(scale * g);
+          out[i] = static_cast<scalar_t>(g);
         }
         total[0] += static_cast<double>(s_xd);
         total[1] += static_cast<double>(s_dd);
@@ -161,8 +162,9 @@ std::tuple<at::Tensor, at::Tensor> rmmd_cotangent_cpu_kernel(const at::Tensor& x
     }
 
     std::vector<std::array<double, 4>> part(L.tasks());
-    const opmath_t lam_o = static_cast<opmath_t>(lam);
-    const opmath_t two_reg = static_cast<opmath_t>(2.0 * lam_reg);
+    // Term coefficients are products of doubles rounded once to opmath, like the reference's.
+    const opmath_t lam_o = static_cast<opmath_t>(lam * scale);
+    const opmath_t two_reg = static_cast<opmath_t>(2.0 * lam_reg * scale);
     const opmath_t scale_o = static_cast<opmath_t>(scale);
     scalar_t* out_ptr = out.mutable_data_ptr<scalar_t>();
     if (numel > 0) {

@@ -87,7 +87,7 @@ __global__ void __launch_bounds__(kThreads)
     assemble_kernel(T* __restrict__ g, double* __restrict__ partial, const T* __restrict__ x0,
                     const T* __restrict__ m_stu, const T* __restrict__ m_ref, const T* __restrict__ g_r,
                     const T* __restrict__ anchor, const typename Io<T>::opmath_t* __restrict__ stats,
-                    int64_t per_sample, typename Io<T>::opmath_t lam, typename Io<T>::opmath_t two_lam_reg,
+                    int64_t per_sample, typename Io<T>::opmath_t lam_s, typename Io<T>::opmath_t reg_s,
                     typename Io<T>::opmath_t scale) {
   using opmath_t = typename Io<T>::opmath_t;
   __shared__ opmath_t shared[kWarps];
@@ -102,20 +102,20 @@ __global__ void __launch_bounds__(kThreads)
     const opmath_t x = Io<T>::load(x0[i]);
     const opmath_t d = Io<T>::load(m_stu[i]) - Io<T>::load(m_ref[i]);
     const opmath_t g_mm = we * d;
-    opmath_t value = g_mm;  // ((w d - lam r) + 2 lam_reg e) * scale, the reference's association
+    opmath_t value = g_mm * scale;  // ((w d) scale - (scale lam) r) + (2 scale lam_reg) e, as the reference
     s_xd += x * g_mm;
     s_dd += d * d;
     if (HAS_R) {
       const opmath_t r = Io<T>::load(g_r[i]);
-      value -= lam * r;
+      value -= lam_s * r;
       s_rr += r * r;
     }
     if (HAS_A) {
       const opmath_t e = x - Io<T>::load(anchor[i]);
-      value += two_lam_reg * e;
+      value += reg_s * e;
       s_ee += e * e;
     }
-    g[i] = Io<T>::store(scale * value);
+    g[i] = Io<T>::store(value);
   }
   const opmath_t sums[kSums] = {s_xd, s_dd, s_rr, s_ee};
   double* out = partial + (b * gridDim.x + chunk) * kSums;
@@ -150,8 +150,8 @@ void launch_assemble(const RmmdCotangentParams& p, dim3 grid, double* partial, c
   assemble_kernel<T, HAS_R, HAS_A><<<grid, kThreads, 0, stream>>>(
       static_cast<T*>(p.g), partial, static_cast<const T*>(p.x0), static_cast<const T*>(p.m_stu),
       static_cast<const T*>(p.m_ref), static_cast<const T*>(p.g_r), static_cast<const T*>(p.anchor),
-      static_cast<const opmath_t*>(p.stats), p.per_sample, static_cast<opmath_t>(p.lam),
-      static_cast<opmath_t>(2.0 * p.lam_reg), static_cast<opmath_t>(p.scale));
+      static_cast<const opmath_t*>(p.stats), p.per_sample, static_cast<opmath_t>(p.lam * p.scale),
+      static_cast<opmath_t>(2.0 * p.lam_reg * p.scale), static_cast<opmath_t>(p.scale));
 }
 
 template <typename T>

@@ -164,6 +164,7 @@ def rmmd_cotangent_ref(x0: torch.Tensor, m_stu: torch.Tensor, m_ref: torch.Tenso
 
         w_eff[b] = w[b] / (mabs(x0[b] - m_ref[b]) + dmd_eps)   if dmd (DMD normaliser, §d.4), else w[b]
         g[b]     = scale * ( w_eff[b] (m_stu[b] - m_ref[b]) - lam g_R[b] + 2 lam_reg (x0[b] - anchor[b]) )
+                 = (w_eff[b] d) * scale - (scale lam) g_R[b] + (2 scale lam_reg) (x0[b] - anchor[b])   (as computed)
 
     and, per sample b (D values each; the norms are of the three *scaled* terms of g)::
 
@@ -200,23 +201,24 @@ def rmmd_cotangent_ref(x0: torch.Tensor, m_stu: torch.Tensor, m_ref: torch.Tenso
         mabs = (X - m_ref.to(opmath)).detach().abs().reshape(batch, -1).mean(1)
         w_eff = w_eff / (mabs + dmd_eps)
     g_mm = w_eff.reshape(bshape) * diff
-    g = g_mm
     zero = X.new_zeros(batch)
 
     def per_sample_sum(t: torch.Tensor) -> torch.Tensor:
         return t.reshape(batch, -1).sum(1)
 
+    # Each term is scaled by its own coefficient (products of Python floats, rounded once to opmath) and
+    # the terms are summed in order: the kernels use the same association, and so did the unfused engine.
+    g = g_mm * scale
     sq_reward = sq_anchor = l2 = zero
     if g_R is not None:
         g_r = g_R.to(opmath)
-        g = g - lam * g_r
+        g = g - (lam * scale) * g_r
         sq_reward = per_sample_sum((scale * lam * g_r) ** 2)
     if anchor is not None:
         e = X - anchor.to(opmath)
-        g = g + (2.0 * lam_reg) * e
+        g = g + (2.0 * lam_reg * scale) * e
         l2 = per_sample_sum(e * e) / max(D, 1)
         sq_anchor = per_sample_sum((2.0 * scale * lam_reg * e) ** 2)
-    g = scale * g
     stats = torch.stack([per_sample_sum(X * g_mm) / max(D, 1), l2, per_sample_sum((scale * g_mm) ** 2), sq_reward,
                          sq_anchor, w_eff], dim=1)
     return g.to(x0.dtype).contiguous(), stats

@@ -56,7 +56,7 @@ def _cotangent_kernel(
     partial_ptr,  # (B, chunks, 4) opmath partial sums: x0.d, d.d, g_R.g_R, e.e
     x0_ptr, m_stu_ptr, m_ref_ptr, g_r_ptr, anchor_ptr,  # (B * D,) data (g_r / anchor: x0 when absent)
     w_eff_ptr,  # (B,) opmath
-    coef_ptr,  # (3,) opmath: lam, 2 lam_reg, scale (a tensor, so fp64 data gets fp64 scalars)
+    coef_ptr,  # (3,) opmath: scale lam, 2 scale lam_reg, scale (a tensor, so fp64 data gets fp64 scalars)
     per_sample_numel,  # D
     HAS_R: tl.constexpr, HAS_A: tl.constexpr,
     BLOCK_SIZE: tl.constexpr, TILES_PER_PROGRAM: tl.constexpr, BF16_BITS: tl.constexpr,
@@ -66,8 +66,8 @@ def _cotangent_kernel(
     chunks = tl.num_programs(1).to(tl.int64)
     base = b * per_sample_numel
     we = tl.load(w_eff_ptr + b)
-    lam = tl.load(coef_ptr + 0)
-    two_lam_reg = tl.load(coef_ptr + 1)
+    lam_s = tl.load(coef_ptr + 0)
+    reg_s = tl.load(coef_ptr + 1)
     scale = tl.load(coef_ptr + 2)
     s_xd = tl.zeros([BLOCK_SIZE], dtype=we.dtype)
     s_dd = tl.zeros([BLOCK_SIZE], dtype=we.dtype)
@@ -80,18 +80,18 @@ def _cotangent_kernel(
         d = (tl.load(m_stu_ptr + base + j, mask=mask, other=0.0).to(we.dtype)
              - tl.load(m_ref_ptr + base + j, mask=mask, other=0.0).to(we.dtype))
         g_mm = we * d
-        g = g_mm
+        g = g_mm * scale  # association of the reference: ((w d) scale - (scale lam) r) + (2 scale lam_reg) e
         s_xd += x * g_mm
         s_dd += d * d
         if HAS_R:
             r = tl.load(g_r_ptr + base + j, mask=mask, other=0.0).to(we.dtype)
-            g = g - lam * r
+            g = g - lam_s * r
             s_rr += r * r
         if HAS_A:
             e = x - tl.load(anchor_ptr + base + j, mask=mask, other=0.0).to(we.dtype)
-            g = g + two_lam_reg * e
+            g = g + reg_s * e
             s_ee += e * e
-        tl.store(g_ptr + base + j, cast_for_store(scale * g, g_ptr, BF16_BITS), mask=mask)
+        tl.store(g_ptr + base + j, cast_for_store(g, g_ptr, BF16_BITS), mask=mask)
     out = partial_ptr + (b * chunks + chunk) * 4
     tl.store(out + 0, tl.sum(s_xd, axis=0))
     tl.store(out + 1, tl.sum(s_dd, axis=0))
@@ -122,7 +122,7 @@ def rmmd_cotangent_triton(x0: torch.Tensor, m_stu: torch.Tensor, m_ref: torch.Te
                                                           TILES_PER_PROGRAM=TILES)
         w_eff = w_eff / (abs_part.sum(1) / max(D, 1) + dmd_eps)
     w_eff = w_eff.contiguous()
-    coef = torch.tensor([lam, 2.0 * lam_reg, scale], dtype=opmath, device=x0.device)
+    coef = torch.tensor([lam * scale, 2.0 * lam_reg * scale, scale], dtype=opmath, device=x0.device)
     if run:
         wrap_triton(_cotangent_kernel)[(B, chunks)](
             g, partial, x, ms, mr, r, a, w_eff, coef, D,
