@@ -82,6 +82,32 @@ def surrogate_loss(x0: torch.Tensor, value: torch.Tensor, cot: torch.Tensor) -> 
     return _SurrogateLoss.apply(x0, value.detach(), cot.detach())
 
 
+class _AuxLoss(torch.autograd.Function):
+    """mean_n w_aux(s_n) (1/D)[||x0 - o||^2 + ||m_ref - o||^2] whose backward is the fused K6 gradient.
+
+    forward(o (N, ...), x0, m_ref like o, w (N,)) -> scalar in o's dtype; the op returns the per-sample
+    losses and dL/do in one pass, so backward is one multiply by grad_out. x0, m_ref and w are targets
+    and constants (no gradient), exactly as the unfused loss on detached inputs.
+    """
+
+    @staticmethod
+    def forward(ctx, o, x0, m_ref, w, backend):
+        loss, grad = ops.aux_loss(o.detach(), x0.detach(), m_ref.detach(), w.detach(), backend=backend)
+        ctx.save_for_backward(grad)
+        return loss.mean().to(o.dtype)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        (grad,) = ctx.saved_tensors
+        return grad_out.to(grad.dtype) * grad, None, None, None, None
+
+
+def fused_aux_loss(o: torch.Tensor, x0: torch.Tensor, m_ref: torch.Tensor, w: torch.Tensor,
+                   backend: str | None = None) -> torch.Tensor:
+    """Auxiliary loss of method.md §c.6 step 8 (scalar) with the fused K6 op as its backward (w: (N,))."""
+    return _AuxLoss.apply(o, x0, m_ref, w, backend)
+
+
 def _backend_metrics(op_tensors: dict, backend: str | None) -> dict:
     """``backend``: the one backend every fused op ran on, else ``op=name`` pairs; plus ``backend_<op>``."""
     used = {op: ops.resolve_backend(op, *tensors, backend=backend) for op, tensors in op_tensors.items()}
@@ -269,8 +295,8 @@ def losses(engine: RMMD, data: torch.Tensor | None = None, cond: Cond = None, *,
         student_loss = surrogate_loss(x0, value, cot)  # value = objective, gradient = cotangent
 
     # 8. auxiliary loss on the same z_s
-    w_aux = time_weight(cfg.effective_aux_weighting, sch, s).to(aux_out.dtype).view(view)
-    aux_loss = (w_aux * ((x0d - aux_out) ** 2 + (m_ref - aux_out) ** 2)).flatten(1).sum(1).mean() / D
+    w_aux = time_weight(cfg.effective_aux_weighting, sch, s).to(device)
+    aux_loss = fused_aux_loss(aux_out, x0d, m_ref, w_aux, engine.backend)
 
     calls = {k: d.calls - calls0[k][0] for k, d in nets.items() if d is not None}
     nfe = sum(d.nfe - calls0[k][1] for k, d in nets.items() if d is not None) / N
@@ -291,12 +317,13 @@ def losses(engine: RMMD, data: torch.Tensor | None = None, cond: Cond = None, *,
         "nfe": nfe,
         **{f"calls_{k}": v for k, v in calls.items()},
         "student_update": update_student,
-        **_backend_metrics({"posterior_step": (z_t,), "rmmd_cotangent": (x0d, w)}, engine.backend),
+        **_backend_metrics({"posterior_step": (z_t,), "rmmd_cotangent": (x0d, w), "aux_loss": (aux_out, w_aux)},
+                           engine.backend),
     }
     inter = {}
     if return_intermediates:
         inter = dict(x0=x0, z_t=z_t, z_s=z_s, t=t, s=s, m_ref=m_ref, m_stu=m_stu, anchor=a, reward=r,
-                     reward_grad=G, weight=stats[:, 5].to(x0d.dtype).view(view), cotangent=cot, cot_stats=stats)
+                     reward_grad=G, weight=stats[:, 5].to(x0d.dtype).view(view), cotangent=cot, cot_stats=stats, aux_out=aux_out, aux_weight=w_aux)
     return StepLosses(student_loss, aux_loss, metrics, inter)
 
 

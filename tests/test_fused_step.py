@@ -36,7 +36,8 @@ def test_step_reference_vs_fused_cpu_same_weights(weighting, reward):
     for m in ref_m:
         assert m["backend"] == "reference" and m["skipped"] == 0.0
     for m in cpu_m:
-        assert m["backend"] == "cpu" and m["backend_rmmd_cotangent"] == "cpu" and m["backend_posterior_step"] == "cpu"
+        assert m["backend"] == "cpu" and all(m[f"backend_{op}"] == "cpu" for op in ("posterior_step", "rmmd_cotangent",
+                                                                            "aux_loss"))
     for name, ref_mod, cpu_mod in (("student", ref_eng.student, cpu_eng.student), ("aux", ref_eng.auxiliary,
                                    cpu_eng.auxiliary), ("ema", ref_eng.ema, cpu_eng.ema)):
         for (pname, p_ref), p_cpu in zip(ref_mod.named_parameters(), cpu_mod.parameters()):

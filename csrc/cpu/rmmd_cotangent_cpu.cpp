@@ -9,10 +9,8 @@
 // DMD normaliser needs its per-sample reduction first, so it adds one read pass over x0 and m_ref.
 // Backward (rmmd_core/ops/rmmd_cotangent.py) is plain PyTorch: the engine never differentiates this op.
 //
-// Parallelism: work is split into (sample, chunk) tasks of kChunk elements, so both few large samples
-// (weather states, B = 1..8) and many small ones spread over all threads. Each task writes its own
-// partial sums; they are combined per sample in a fixed order, so results do not depend on the thread
-// count. Numerics: loads upcast to opmath (float32; float64 for double data), products and the sums
+// Parallelism: (sample, chunk) tasks (sample_chunks.h); results do not depend on the thread count.
+// Numerics: loads upcast to opmath (float32; float64 for double data), products and the sums
 // of one kInner block in opmath (vectorised with `omp simd`), blocks combined in double; g rounded once.
 #include "rmmd_cotangent_cpu.h"
 
@@ -26,23 +24,12 @@
 #include <array>
 #include <vector>
 
+#include "sample_chunks.h"
+
 namespace rmmd {
 namespace {
 
-// 16K elements x 5 streams is ~300 KB of fp32 traffic per task: well above parallel_for's overhead.
-constexpr int64_t kChunk = 16384;
-// Sums of kInner products stay in opmath registers; their relative error is ~kInner * 2^-24 worst case.
-constexpr int64_t kInner = 1024;
-
-struct Layout {
-  int64_t batch, per_sample, chunks;  // B, D, chunks per sample
-  int64_t tasks() const { return batch * chunks; }
-  int64_t begin(int64_t task) const { return (task / chunks) * per_sample + (task % chunks) * kChunk; }
-  int64_t end(int64_t task) const {
-    const int64_t b = task / chunks;
-    return std::min((b + 1) * per_sample, begin(task) + kChunk);
-  }
-};
+using Layout = SampleChunks;
 
 // Pass 1 of the DMD normaliser: sum_j |x0 - m_ref| per task.
 template <typename scalar_t, typename opmath_t>
@@ -135,7 +122,7 @@ std::tuple<at::Tensor, at::Tensor> rmmd_cotangent_cpu_kernel(const at::Tensor& x
   if (batch == 0) {
     return {out, stats};
   }
-  const Layout L{batch, D, std::max<int64_t>(1, (D + kChunk - 1) / kChunk)};
+  const Layout L = Layout::make(batch, D);
 
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x0.scalar_type(), "rmmd_core::rmmd_cotangent_cpu", [&] {
     using opmath_t = at::opmath_type<scalar_t>;

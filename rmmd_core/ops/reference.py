@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["COTANGENT_STATS", "philox4x32_ref", "philox_randn_ref", "posterior_step_ref", "rmmd_cotangent_ref"]
+__all__ = ["COTANGENT_STATS", "aux_loss_ref", "philox4x32_ref", "philox_randn_ref", "posterior_step_ref", "rmmd_cotangent_ref"]
 
 _MASK32 = 0xFFFFFFFF
 _KEY_A, _KEY_B = 0x9E3779B9, 0xBB67AE85  # Weyl key increments
@@ -222,3 +222,35 @@ def rmmd_cotangent_ref(x0: torch.Tensor, m_stu: torch.Tensor, m_ref: torch.Tenso
     stats = torch.stack([per_sample_sum(X * g_mm) / max(D, 1), l2, per_sample_sum((scale * g_mm) ** 2), sq_reward,
                          sq_anchor, w_eff], dim=1)
     return g.to(x0.dtype).contiguous(), stats
+
+
+def aux_loss_ref(o: torch.Tensor, x0: torch.Tensor, m_ref: torch.Tensor,
+                 w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Auxiliary loss and its output gradient (method.md §c.6 step 8, §e K6)::
+
+        loss[b] = w[b] (1/D) ( ||x0[b] - o[b]||^2 + ||m_ref[b] - o[b]||^2 )
+        grad    = d(mean_b loss[b]) / do = (2 w[b] / (B D)) ((o - x0) + (o - m_ref))
+
+    x0 and m_ref are targets (the engine passes sg(x̂_0) and sg(m_ref)). Computed in float32 (float64
+    for float64 data); grad rounded once to o's dtype. Differentiable in every input.
+
+    Args:
+        o: (B, ...) float32 / float64 / float16 / bfloat16: the auxiliary's output φ(z_s).
+        x0, m_ref: same shape, dtype and device.
+        w: (B,) floating per-sample weight w_aux(s).
+
+    Returns:
+        loss: (B,) float32 (float64 for float64 data).
+        grad: like o, contiguous.
+    """
+    opmath = torch.float64 if o.dtype == torch.float64 else torch.float32
+    batch = o.shape[0]
+    D = max(o[0].numel(), 1) if batch > 0 else 1
+    bshape = (batch,) + (1,) * (o.dim() - 1)
+    O = o.to(opmath)
+    e_x, e_m = O - x0.to(opmath), O - m_ref.to(opmath)
+    w_op = w.to(device=o.device, dtype=opmath)
+    loss = w_op * (e_x * e_x + e_m * e_m).reshape(batch, -1).sum(1) / D
+    coef = (2.0 / (max(batch, 1) * D)) * w_op
+    grad = coef.reshape(bshape) * (e_x + e_m)
+    return loss, grad.to(o.dtype).contiguous()
