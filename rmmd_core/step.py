@@ -23,7 +23,7 @@ import torch
 from . import ops
 from .denoiser import Cond, batch_of, check_cond_batch, repeat_cond
 from .engine import RMMD, apply_update
-from .sampler import posterior_step, prior_sample, rollout, time_grid
+from .sampler import draw_seed, posterior_step, prior_sample, rollout, time_grid
 
 
 @dataclass
@@ -238,11 +238,11 @@ def losses(engine: RMMD, data: torch.Tensor | None = None, cond: Cond = None, *,
                 s = t - delta
         s = s.clamp_min(s_floor)
         t = torch.maximum(t, s)
-        if source != "discrete":  # forward (re-)noise of the clean / rolled-out sample (K2)
+        fused_ops = {}  # op -> tensors, for the metrics' backend names
+        if source != "discrete":  # forward (re-)noise of the clean / rolled-out sample, fused K2 op
             a_t, sg_t = sch.alpha_sigma(t)
-            view = (N,) + (1,) * len(shape)
-            eps = torch.randn(x.shape, generator=g, device=device, dtype=x.dtype)
-            z_t = a_t.to(x.dtype).view(view) * x + sg_t.to(x.dtype).view(view) * eps
+            z_t = ops.renoise(x, a_t.to(device), sg_t.to(device), draw_seed(g), 0, backend=engine.backend)
+            fused_ops["renoise"] = (x,)
 
     # 2. the one differentiable student call
     update_student = engine.wants_student_update()
@@ -317,13 +317,14 @@ def losses(engine: RMMD, data: torch.Tensor | None = None, cond: Cond = None, *,
         "nfe": nfe,
         **{f"calls_{k}": v for k, v in calls.items()},
         "student_update": update_student,
-        **_backend_metrics({"posterior_step": (z_t,), "rmmd_cotangent": (x0d, w), "aux_loss": (aux_out, w_aux)},
-                           engine.backend),
+        **_backend_metrics({"posterior_step": (z_t,), **fused_ops, "rmmd_cotangent": (x0d, w),
+                            "aux_loss": (aux_out, w_aux)}, engine.backend),
     }
     inter = {}
     if return_intermediates:
         inter = dict(x0=x0, z_t=z_t, z_s=z_s, t=t, s=s, m_ref=m_ref, m_stu=m_stu, anchor=a, reward=r,
-                     reward_grad=G, weight=stats[:, 5].to(x0d.dtype).view(view), cotangent=cot, cot_stats=stats, aux_out=aux_out, aux_weight=w_aux)
+                     reward_grad=G, weight=stats[:, 5].to(x0d.dtype).view(view), cotangent=cot, cot_stats=stats,
+                     aux_out=aux_out, aux_weight=w_aux)
     return StepLosses(student_loss, aux_loss, metrics, inter)
 
 

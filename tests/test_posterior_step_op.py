@@ -399,17 +399,17 @@ def test_invalid_backend_names(monkeypatch):
 
 
 def test_missing_extension_reraises_with_install_hint(monkeypatch):
-    saved = dispatch._extension_error
+    saved = (dispatch._extension_error, dispatch._triton_error, dispatch._triton_interpreter)
     monkeypatch.delenv(dispatch.BACKEND_ENV, raising=False)
     try:
-        dispatch.refresh(ImportError("simulated: undefined symbol"))
+        dispatch.refresh(ImportError("simulated: undefined symbol"), *saved[1:])
         z, x = _data((2, 3), torch.float32)
         assert ops.resolve_backend("posterior_step", z) == "reference"  # auto falls back silently
         with pytest.raises(RuntimeError, match="pip install --no-build-isolation -e .") as info:
             ops.resolve_backend("posterior_step", z, backend="cpu")
         assert isinstance(info.value.__cause__, ImportError)
     finally:
-        dispatch.refresh(saved)
+        dispatch.refresh(*saved)
 
 
 # --------------------------------------------------------------------------------------------------

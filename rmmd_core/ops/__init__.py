@@ -30,6 +30,7 @@ from . import _library  # noqa: E402  (needs the schemas from _C and the triton_
 from . import dispatch  # noqa: E402
 from . import rmmd_cotangent as _rmmd_cotangent_module  # noqa: E402,F401  (K5 fake + autograd registrations)
 from . import aux_loss as _aux_loss_module  # noqa: E402,F401  (K6 fake + autograd registrations)
+from . import renoise as _renoise_module  # noqa: E402,F401  (K2 fake + autograd registrations)
 from .dispatch import (  # noqa: E402
     BACKENDS,
     available_backends,
@@ -38,13 +39,16 @@ from .dispatch import (  # noqa: E402
     posterior_step,
     resolve_backend,
 )
-from .reference import COTANGENT_STATS, aux_loss_ref, philox_randn_ref, posterior_step_ref, rmmd_cotangent_ref  # noqa: E402
+from .reference import (  # noqa: E402
+    COTANGENT_STATS, aux_loss_ref, philox_randn_ref, posterior_step_ref, renoise_ref, rmmd_cotangent_ref)
 from .rmmd_cotangent import rmmd_cotangent  # noqa: E402
 from .aux_loss import aux_loss  # noqa: E402
+from .renoise import renoise  # noqa: E402
 
 dispatch.refresh(_C_IMPORT_ERROR, _TRITON_IMPORT_ERROR, _TRITON_INTERPRETER)
 
 __all__ = [
-    "COTANGENT_STATS", "aux_loss", "aux_loss_ref", "rmmd_cotangent", "rmmd_cotangent_ref", "BACKENDS", "available_backends", "backend_reasons", "philox_randn", "philox_randn_ref", "posterior_step",
-    "posterior_step_ref", "resolve_backend",
+    "BACKENDS", "COTANGENT_STATS", "aux_loss", "aux_loss_ref", "available_backends", "backend_reasons", "philox_randn",
+    "philox_randn_ref", "posterior_step", "posterior_step_ref", "renoise", "renoise_ref", "resolve_backend",
+    "rmmd_cotangent", "rmmd_cotangent_ref",
 ]

@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["COTANGENT_STATS", "aux_loss_ref", "philox4x32_ref", "philox_randn_ref", "posterior_step_ref", "rmmd_cotangent_ref"]
+__all__ = ["COTANGENT_STATS", "aux_loss_ref", "philox4x32_ref", "philox_randn_ref", "posterior_step_ref", "renoise_ref",
+           "rmmd_cotangent_ref"]
 
 _MASK32 = 0xFFFFFFFF
 _KEY_A, _KEY_B = 0x9E3779B9, 0xBB67AE85  # Weyl key increments
@@ -254,3 +255,29 @@ def aux_loss_ref(o: torch.Tensor, x0: torch.Tensor, m_ref: torch.Tensor,
     coef = (2.0 / (max(batch, 1) * D)) * w_op
     grad = coef.reshape(bshape) * (e_x + e_m)
     return loss, grad.to(o.dtype).contiguous()
+
+
+def renoise_ref(x: torch.Tensor, alpha: torch.Tensor, sigma: torch.Tensor, seed: int, offset: int = 0) -> torch.Tensor:
+    """Forward (re-)noising with in-kernel noise (method.md §c.6 step 2, §e K2)::
+
+        x_t[b, j] = alpha[b] * x[b, j] + sigma[b] * n[b * D + j],    n = philox_randn_ref(B * D, seed, offset)
+
+    the same noise stream, indexing and precision rules as :func:`posterior_step_ref` (which this is with
+    A = alpha, C = 0, gamma = sigma). alpha and sigma are constants (detached): grad_x = alpha[b] * grad.
+
+    Args:
+        x: (B, ...) float32 / float64 / float16 / bfloat16, the clean (or rolled-out) sample.
+        alpha, sigma: (B,) floating per-sample schedule values (float64 recommended).
+        seed: Philox key in [0, 2**63). offset: first Philox counter, >= 0.
+
+    Returns:
+        x_t: new contiguous tensor with x's shape and dtype.
+    """
+    opmath = torch.float64 if x.dtype == torch.float64 else torch.float32
+    bshape = (x.shape[0],) + (1,) * (x.dim() - 1)
+
+    def coef(t: torch.Tensor) -> torch.Tensor:
+        return t.detach().to(device=x.device, dtype=opmath).reshape(bshape)
+
+    noise = philox_randn_ref(x.numel(), seed, offset, x.device).reshape(x.shape).to(opmath)
+    return (coef(alpha) * x.to(opmath) + coef(sigma) * noise).to(x.dtype).contiguous()

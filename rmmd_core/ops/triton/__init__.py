@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import triton
 
-from . import posterior_step  # noqa: F401  (registers rmmd_core::posterior_step_triton)
+from . import posterior_step  # noqa: F401  (registers rmmd_core::posterior_step_triton, renoise_triton)
 from . import rmmd_cotangent  # noqa: F401  (registers rmmd_core::rmmd_cotangent_triton)
 from . import aux_loss  # noqa: F401  (registers rmmd_core::aux_loss_triton)
 

@@ -69,3 +69,23 @@ def posterior_step_triton(z_t: torch.Tensor, x_hat: torch.Tensor, A: torch.Tenso
         out, z, x, a, c, g, numel, numel // z.shape[0], seed, offset, BLOCK_SIZE=BLOCK,
         BF16_BITS=bf16_by_bits(z.dtype, z.device))
     return out
+
+
+@triton_op("rmmd_core::renoise_triton", mutates_args=())
+def renoise_triton(x: torch.Tensor, alpha: torch.Tensor, sigma: torch.Tensor, seed: int, offset: int) -> torch.Tensor:
+    """K2 forward re-noise ``alpha x + sigma n`` (method.md §e K2): the K1 kernel with x as both inputs and C = 0.
+
+    The second load of each element hits the cache line of the first (one DRAM read per element), and
+    the noise stream is K1's by construction; 0 * x adds an exact zero. Arguments as
+    ``rmmd_core.ops.renoise`` (validated there).
+    """
+    xc = x.contiguous()
+    out = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+    numel = xc.numel()
+    if numel == 0 or not launchable(out):
+        return out
+    a, g = per_sample(alpha, xc.dtype), per_sample(sigma, xc.dtype)
+    wrap_triton(_posterior_step_kernel)[(num_programs(numel),)](
+        out, xc, xc, a, torch.zeros_like(a), g, numel, numel // xc.shape[0], seed, offset, BLOCK_SIZE=BLOCK,
+        BF16_BITS=bf16_by_bits(xc.dtype, xc.device))
+    return out
