@@ -341,7 +341,9 @@ def step(engine: RMMD, data: torch.Tensor | None = None, cond: Cond = None, *, b
     clipping), ``grad_norm_aux``, ``nfe`` (network evaluations per student sample in this iteration),
     ``calls_<network>``, ``skipped`` / ``skipped_student`` / ``skipped_aux`` (a non-finite loss or
     gradient skips that update and leaves weights and optimiser state untouched), ``t_mean``,
-    ``s_mean``, ``iteration``, ``phase`` (``'mm' | 'rmmd'``), ``state_source`` and ``backend``.
+    ``s_mean``, ``iteration``, ``phase`` (``'mm' | 'rmmd'``), ``state_source``, ``backend`` (the one
+    backend every fused op ran on, else ``op=name`` pairs) and ``backend_<op>`` for each fused op used
+    (``posterior_step``, ``renoise``, ``rmmd_cotangent``, ``aux_loss``).
     """
     out = losses(engine, data, cond, batch_size=batch_size, generator=generator)
     m = out.metrics
