@@ -69,3 +69,19 @@ def test_backend_metric_names_each_op_when_they_differ(monkeypatch):
             assert m["backend"] == "posterior_step=cpu,rmmd_cotangent=reference"
     finally:
         ops.dispatch.refresh(*saved)
+
+
+def test_fresh_interpreter_loads_the_extension():
+    # `import rmmd_core` before anything imported torch must still load rmmd_core._C (it links against
+    # libc10), so the engine's auto backend on CPU tensors is the C++ kernel, not the reference.
+    import subprocess
+    import sys
+
+    if ops._C_IMPORT_ERROR is not None:
+        pytest.skip(f"rmmd_core._C is not built here: {ops._C_IMPORT_ERROR}")
+    code = ("import rmmd_core, torch; from rmmd_core import ops; assert ops._C_IMPORT_ERROR is None, "
+            "ops._C_IMPORT_ERROR; print(ops.resolve_backend('rmmd_cotangent', torch.randn(2, 3), backend='auto'))")
+    env = {k: v for k, v in __import__("os").environ.items() if k != "RMMD_CORE_BACKEND"}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip() == "cpu"

@@ -10,6 +10,11 @@ way: without triton the ``triton`` backend reports why.
 
 from __future__ import annotations
 
+# torch first: rmmd_core._C links against libc10 / libtorch, which only become loadable once torch has
+# been imported (it loads them with RTLD_GLOBAL). Without this, `import rmmd_core` in a fresh interpreter
+# failed to load the extension and silently fell back to the reference backend.
+import torch  # noqa: F401
+
 try:
     from .. import _C  # noqa: F401  (loading the .so runs the TORCH_LIBRARY registrations)
 except ImportError as _err:  # not built (RMMD_CORE_SKIP_EXT=1) or built against another torch
