@@ -7,8 +7,9 @@ Install against the torch that is already installed (never a second one)::
 What gets built is decided by the *torch build*, not by a visible GPU, so a GPU-less builder with
 CUDA torch still gets CUDA kernels:
 
-* always ``rmmd_core._C`` with the CPU kernels (csrc/cpu, csrc/bindings/{registration,cpu_ops}.cpp);
-* plus csrc/cuda/*.cu and csrc/bindings/cuda_ops.cpp when ``torch.version.cuda`` is set and a CUDA
+* always ``rmmd_core._C`` with the CPU kernels (csrc/cpu, csrc/bindings/{registration,cpu_ops}.cpp and
+  the per-op csrc/bindings/*_registration.cpp);
+* plus csrc/cuda/*.cu and csrc/bindings/cuda_ops*.cpp when ``torch.version.cuda`` is set and a CUDA
   toolkit is found (``CUDA_HOME``).
 
 Environment variables:
@@ -116,7 +117,9 @@ def _extensions():
         # -fopenmp it silently runs on one thread. Linking resolves to the libgomp.so.1 torch already loaded.
         cxx_flags.append("-fopenmp")
         link_flags.append("-fopenmp")
-    sources = _rel("csrc/bindings/registration.cpp") + _rel("csrc/bindings/cpu_ops.cpp") + _rel("csrc/cpu/*.cpp")
+    # Per-op files: csrc/bindings/<op>_registration.cpp hold a TORCH_LIBRARY_FRAGMENT schema plus the CPU impl.
+    sources = (_rel("csrc/bindings/registration.cpp") + _rel("csrc/bindings/cpu_ops.cpp")
+               + _rel("csrc/bindings/*_registration.cpp") + _rel("csrc/cpu/*.cpp"))
 
     if _env_flag("RMMD_CORE_SKIP_CUDA"):
         use_cuda, why = False, "RMMD_CORE_SKIP_CUDA=1"
@@ -139,7 +142,7 @@ def _extensions():
         nvcc_flags = (["-O0", "-g", "-lineinfo"] if debug else ["-O3"]) + [
             f"--threads={os.environ.get('NVCC_THREADS', '2')}",
         ]
-        sources += _rel("csrc/cuda/*.cu") + _rel("csrc/bindings/cuda_ops.cpp")
+        sources += _rel("csrc/cuda/*.cu") + _rel("csrc/bindings/cuda_ops*.cpp")
         print(f"rmmd_core setup: building rmmd_core._C with CPU and CUDA kernels ({mode}; {why}; "
               f"MAX_JOBS={os.environ['MAX_JOBS']})")
         ext = CUDAExtension("rmmd_core._C", sources, extra_compile_args={"cxx": cxx_flags, "nvcc": nvcc_flags},

@@ -23,7 +23,7 @@ import torch
 from . import ops
 from .denoiser import Cond, batch_of, check_cond_batch, repeat_cond
 from .engine import RMMD, apply_update
-from .sampler import posterior_step, prior_sample, rollout, time_grid
+from .sampler import draw_seed, posterior_step, prior_sample, rollout, time_grid
 
 
 @dataclass
@@ -56,6 +56,64 @@ def time_weight(kind: str, schedule, s: torch.Tensor, x0=None, m_ref=None, eps: 
         mabs = (x0 - m_ref).detach().abs().flatten(1).mean(1).double()
         return 1.0 / (mabs + eps)
     raise ValueError(f"unknown weighting {kind!r}")
+
+
+class _SurrogateLoss(torch.autograd.Function):
+    """A scalar whose value is the objective and whose gradient w.r.t. x̂_0 is the given cotangent.
+
+    forward(x0 (N, ...), value (), cot like x0) -> value;  backward: dL/dx0 = grad_out * cot.
+    This is how the fused cotangent (K5) becomes the backward of the student surrogate (method.md §c.6
+    step 7): one backward through the student, no extra full-size pass to build a linear surrogate.
+    """
+
+    @staticmethod
+    def forward(ctx, x0, value, cot):
+        ctx.save_for_backward(cot)
+        return value.detach().clone()
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        (cot,) = ctx.saved_tensors
+        return (grad_out.to(cot.dtype) * cot), None, None
+
+
+def surrogate_loss(x0: torch.Tensor, value: torch.Tensor, cot: torch.Tensor) -> torch.Tensor:
+    """Scalar with ``value`` (a 0-d tensor, no grad) and gradient ``cot`` (like x0) w.r.t. ``x0``."""
+    return _SurrogateLoss.apply(x0, value.detach(), cot.detach())
+
+
+class _AuxLoss(torch.autograd.Function):
+    """mean_n w_aux(s_n) (1/D)[||x0 - o||^2 + ||m_ref - o||^2] whose backward is the fused K6 gradient.
+
+    forward(o (N, ...), x0, m_ref like o, w (N,)) -> scalar in o's dtype; the op returns the per-sample
+    losses and dL/do in one pass, so backward is one multiply by grad_out. x0, m_ref and w are targets
+    and constants (no gradient), exactly as the unfused loss on detached inputs.
+    """
+
+    @staticmethod
+    def forward(ctx, o, x0, m_ref, w, backend):
+        loss, grad = ops.aux_loss(o.detach(), x0.detach(), m_ref.detach(), w.detach(), backend=backend)
+        ctx.save_for_backward(grad)
+        return loss.mean().to(o.dtype)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        (grad,) = ctx.saved_tensors
+        return grad_out.to(grad.dtype) * grad, None, None, None, None
+
+
+def fused_aux_loss(o: torch.Tensor, x0: torch.Tensor, m_ref: torch.Tensor, w: torch.Tensor,
+                   backend: str | None = None) -> torch.Tensor:
+    """Auxiliary loss of method.md §c.6 step 8 (scalar) with the fused K6 op as its backward (w: (N,))."""
+    return _AuxLoss.apply(o, x0, m_ref, w, backend)
+
+
+def _backend_metrics(op_tensors: dict, backend: str | None) -> dict:
+    """``backend``: the one backend every fused op ran on, else ``op=name`` pairs; plus ``backend_<op>``."""
+    used = {op: ops.resolve_backend(op, *tensors, backend=backend) for op, tensors in op_tensors.items()}
+    names = set(used.values())
+    summary = names.pop() if len(names) == 1 else ",".join(f"{op}={name}" for op, name in used.items())
+    return {"backend": summary, **{f"backend_{op}": name for op, name in used.items()}}
 
 
 def _check_output(name: str, out: torch.Tensor, like: torch.Tensor) -> None:
@@ -180,11 +238,11 @@ def losses(engine: RMMD, data: torch.Tensor | None = None, cond: Cond = None, *,
                 s = t - delta
         s = s.clamp_min(s_floor)
         t = torch.maximum(t, s)
-        if source != "discrete":  # forward (re-)noise of the clean / rolled-out sample (K2)
+        fused_ops = {}  # op -> tensors, for the metrics' backend names
+        if source != "discrete":  # forward (re-)noise of the clean / rolled-out sample, fused K2 op
             a_t, sg_t = sch.alpha_sigma(t)
-            view = (N,) + (1,) * len(shape)
-            eps = torch.randn(x.shape, generator=g, device=device, dtype=x.dtype)
-            z_t = a_t.to(x.dtype).view(view) * x + sg_t.to(x.dtype).view(view) * eps
+            z_t = ops.renoise(x, a_t.to(device), sg_t.to(device), draw_seed(g), 0, backend=engine.backend)
+            fused_ops["renoise"] = (x,)
 
     # 2. the one differentiable student call
     update_student = engine.wants_student_update()
@@ -210,24 +268,23 @@ def losses(engine: RMMD, data: torch.Tensor | None = None, cond: Cond = None, *,
     _check_output("auxiliary output", aux_out, x0d)
     m_stu = aux_out.detach()
 
-    # 5-6. reward and the output-space cotangent
+    # 5-6. reward and the output-space cotangent, assembled by the fused K5 op (method.md §e)
     D = x0d[0].numel()
     view = (N,) + (1,) * (x0d.dim() - 1)
     r, G = (None, None)
     if engine.reward is not None:
         r, G = _reward_terms(engine, x0d, cond_n, cond, B, M, need_grad=lam > 0 and update_student)
-    w = time_weight(cfg.weighting, sch, s, x0d, m_ref, cfg.dmd_eps).to(x0d.dtype).view(view)
-    g_mm = w * (m_stu - m_ref)
-    scale = 1.0 / (N * D)
-    terms = {"mm": g_mm * scale}
-    if G is not None:
-        terms["reward"] = (-lam * M * D * scale) * G.to(x0d.dtype)
-    if a is not None:
-        terms["anchor"] = (2 * lam_reg * scale) * (x0d - a)
-    cot = sum(terms.values())
-
-    surrogate = (x0d * g_mm).flatten(1).sum(1) / D
-    l2 = ((x0d - a) ** 2).flatten(1).sum(1) / D if a is not None else None
+    dmd = cfg.weighting == "dmd"
+    # The DMD normaliser is computed inside the op (its first pass), so w is 1 there; other weightings
+    # are per-sample functions of s, computed in float64 (method.md Project defaults).
+    w = torch.ones(N, dtype=torch.float64, device=device) if dmd else time_weight(cfg.weighting, sch, s).to(device)
+    g_R = G.to(x0d.dtype) if G is not None else None
+    # g = [w (m_stu - m_ref) - lam M D dr/dx0 + 2 lam_reg (x0 - a)] / (N D): lam M D is the op's lam.
+    cot, stats = ops.rmmd_cotangent(x0d, m_stu, m_ref, g_R, a, w, lam=float(lam * M * D) if G is not None else 0.0,
+                                    lam_reg=float(lam_reg) if a is not None else 0.0, scale=1.0 / (N * D), dmd=dmd,
+                                    dmd_eps=float(cfg.dmd_eps), backend=engine.backend)
+    surrogate = stats[:, 0]
+    l2 = stats[:, 1] if a is not None else None
     value = surrogate.mean()
     if r is not None and lam > 0:
         value = value - lam * r.mean()
@@ -235,12 +292,11 @@ def losses(engine: RMMD, data: torch.Tensor | None = None, cond: Cond = None, *,
         value = value + lam_reg * l2.mean()
     student_loss = None
     if update_student:
-        lin = (x0 * cot).sum()
-        student_loss = lin + (value - lin).detach()  # value = objective, gradient = cotangent
+        student_loss = surrogate_loss(x0, value, cot)  # value = objective, gradient = cotangent
 
     # 8. auxiliary loss on the same z_s
-    w_aux = time_weight(cfg.effective_aux_weighting, sch, s).to(aux_out.dtype).view(view)
-    aux_loss = (w_aux * ((x0d - aux_out) ** 2 + (m_ref - aux_out) ** 2)).flatten(1).sum(1).mean() / D
+    w_aux = time_weight(cfg.effective_aux_weighting, sch, s).to(device)
+    aux_loss = fused_aux_loss(aux_out, x0d, m_ref, w_aux, engine.backend)
 
     calls = {k: d.calls - calls0[k][0] for k, d in nets.items() if d is not None}
     nfe = sum(d.nfe - calls0[k][1] for k, d in nets.items() if d is not None) / N
@@ -253,20 +309,22 @@ def losses(engine: RMMD, data: torch.Tensor | None = None, cond: Cond = None, *,
         "anchor_l2": float(l2.mean()) if l2 is not None else nan,
         "student_loss": float(value),
         "aux_loss": float(aux_loss.detach()),
-        "cot_norm_mm": float(terms["mm"].float().norm()),
-        "cot_norm_reward": float(terms["reward"].float().norm()) if "reward" in terms else 0.0,
-        "cot_norm_anchor": float(terms["anchor"].float().norm()) if "anchor" in terms else 0.0,
+        "cot_norm_mm": float(stats[:, 2].sum().sqrt()),
+        "cot_norm_reward": float(stats[:, 3].sum().sqrt()) if G is not None else 0.0,
+        "cot_norm_anchor": float(stats[:, 4].sum().sqrt()) if a is not None else 0.0,
         "t_mean": float(t.mean()),
         "s_mean": float(s.mean()),
         "nfe": nfe,
         **{f"calls_{k}": v for k, v in calls.items()},
         "student_update": update_student,
-        "backend": ops.resolve_backend("posterior_step", z_t, backend=engine.backend),
+        **_backend_metrics({"posterior_step": (z_t,), **fused_ops, "rmmd_cotangent": (x0d, w),
+                            "aux_loss": (aux_out, w_aux)}, engine.backend),
     }
     inter = {}
     if return_intermediates:
         inter = dict(x0=x0, z_t=z_t, z_s=z_s, t=t, s=s, m_ref=m_ref, m_stu=m_stu, anchor=a, reward=r,
-                     reward_grad=G, weight=w, cotangent=cot)
+                     reward_grad=G, weight=stats[:, 5].to(x0d.dtype).view(view), cotangent=cot, cot_stats=stats,
+                     aux_out=aux_out, aux_weight=w_aux)
     return StepLosses(student_loss, aux_loss, metrics, inter)
 
 
@@ -283,7 +341,9 @@ def step(engine: RMMD, data: torch.Tensor | None = None, cond: Cond = None, *, b
     clipping), ``grad_norm_aux``, ``nfe`` (network evaluations per student sample in this iteration),
     ``calls_<network>``, ``skipped`` / ``skipped_student`` / ``skipped_aux`` (a non-finite loss or
     gradient skips that update and leaves weights and optimiser state untouched), ``t_mean``,
-    ``s_mean``, ``iteration``, ``phase`` (``'mm' | 'rmmd'``), ``state_source`` and ``backend``.
+    ``s_mean``, ``iteration``, ``phase`` (``'mm' | 'rmmd'``), ``state_source``, ``backend`` (the one
+    backend every fused op ran on, else ``op=name`` pairs) and ``backend_<op>`` for each fused op used
+    (``posterior_step``, ``renoise``, ``rmmd_cotangent``, ``aux_loss``).
     """
     out = losses(engine, data, cond, batch_size=batch_size, generator=generator)
     m = out.metrics

@@ -371,10 +371,12 @@ def test_env_var_selects_backend(monkeypatch, name):
     assert ops.resolve_backend("posterior_step", z, backend="reference") == "reference"
 
 
-@pytest.mark.parametrize("name,needle", [("cuda", "CUDA"), ("triton", "not implemented for this op yet")])
+@pytest.mark.parametrize("name,needle", [("cuda", "CUDA"), ("triton", "TRITON_INTERPRET")])
 def test_unavailable_backend_raises_with_reasons(monkeypatch, name, needle):
     if name == "cuda" and torch.cuda.is_available():
         pytest.skip("CUDA is available here")
+    if name == "triton" and dispatch._triton_interpreter:
+        pytest.skip("the Triton interpreter runs CPU tensors here (tests/test_posterior_step_triton.py)")
     monkeypatch.setenv(dispatch.BACKEND_ENV, name)
     z, x = _data((2, 3), torch.float32)
     A, C, gamma = _coefficients(2)
@@ -397,17 +399,17 @@ def test_invalid_backend_names(monkeypatch):
 
 
 def test_missing_extension_reraises_with_install_hint(monkeypatch):
-    saved = dispatch._extension_error
+    saved = (dispatch._extension_error, dispatch._triton_error, dispatch._triton_interpreter)
     monkeypatch.delenv(dispatch.BACKEND_ENV, raising=False)
     try:
-        dispatch.refresh(ImportError("simulated: undefined symbol"))
+        dispatch.refresh(ImportError("simulated: undefined symbol"), *saved[1:])
         z, x = _data((2, 3), torch.float32)
         assert ops.resolve_backend("posterior_step", z) == "reference"  # auto falls back silently
         with pytest.raises(RuntimeError, match="pip install --no-build-isolation -e .") as info:
             ops.resolve_backend("posterior_step", z, backend="cpu")
         assert isinstance(info.value.__cause__, ImportError)
     finally:
-        dispatch.refresh(saved)
+        dispatch.refresh(*saved)
 
 
 # --------------------------------------------------------------------------------------------------

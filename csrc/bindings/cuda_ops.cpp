@@ -8,25 +8,11 @@
 #include <torch/library.h>
 
 #include "../cuda/posterior_step.cuh"
+#include "cuda_dtype.h"
 #include "posterior_step_checks.h"
 
 namespace rmmd {
 namespace {
-
-RmmdDType to_rmmd_dtype(at::ScalarType t) {
-  switch (t) {
-    case at::kFloat:
-      return RmmdDType::kFloat32;
-    case at::kDouble:
-      return RmmdDType::kFloat64;
-    case at::kHalf:
-      return RmmdDType::kFloat16;
-    case at::kBFloat16:
-      return RmmdDType::kBFloat16;
-    default:
-      TORCH_INTERNAL_ASSERT(false, "unsupported dtype passed check_posterior_step_args: ", t);
-  }
-}
 
 at::Tensor posterior_step_cuda(const at::Tensor& z_t, const at::Tensor& x_hat, const at::Tensor& A,
                                const at::Tensor& C, const at::Tensor& gamma, int64_t seed, int64_t offset) {

@@ -16,6 +16,7 @@
 #include <stdint.h>
 
 #include "../common/philox.h"
+#include "io.cuh"
 
 namespace {
 
@@ -24,37 +25,7 @@ constexpr int kThreads = 256;
 // scheduling, the grid-stride loop covers the rest.
 constexpr int kBlocksPerSm = 8;
 
-// Load / store in the op's math type: float for float, half and bfloat16; double for double.
-template <typename T>
-struct Io;
-
-template <>
-struct Io<float> {
-  using opmath_t = float;
-  static __device__ __forceinline__ float load(float v) { return v; }
-  static __device__ __forceinline__ float store(float v) { return v; }
-};
-
-template <>
-struct Io<double> {
-  using opmath_t = double;
-  static __device__ __forceinline__ double load(double v) { return v; }
-  static __device__ __forceinline__ double store(double v) { return v; }
-};
-
-template <>
-struct Io<__half> {
-  using opmath_t = float;
-  static __device__ __forceinline__ float load(__half v) { return __half2float(v); }
-  static __device__ __forceinline__ __half store(float v) { return __float2half_rn(v); }
-};
-
-template <>
-struct Io<__nv_bfloat16> {
-  using opmath_t = float;
-  static __device__ __forceinline__ float load(__nv_bfloat16 v) { return __bfloat162float(v); }
-  static __device__ __forceinline__ __nv_bfloat16 store(float v) { return __float2bfloat16_rn(v); }
-};
+using rmmd::Io;
 
 // IndexT is uint32_t when every index (and index + grid stride) fits, which makes the per-element
 // i / D a 32-bit division; otherwise int64_t.

@@ -10,16 +10,7 @@
 #include <cuda_runtime.h>
 #include <stdint.h>
 
-// Global names with an rmmd_ / Rmmd prefix rather than a namespace: this header is the C-like boundary
-// between the torch-free kernels and the bindings.
-
-// Element type of z_t, x_hat and z_s.
-enum class RmmdDType : int32_t {
-  kFloat32 = 0,
-  kFloat64 = 1,
-  kFloat16 = 2,
-  kBFloat16 = 3,
-};
+#include "rmmd_types.cuh"  // RmmdDType: element type of z_t, x_hat and z_s
 
 // Plain-old-data launch arguments. All tensors are contiguous and on the current device.
 struct PosteriorStepParams {

@@ -1,8 +1,8 @@
 """Python-side registrations of the ``rmmd_core`` ops: fake (meta) kernels and autograd formulas.
 
-The schemas and the CPU / CUDA kernels come from the C++ extension (csrc/bindings/). Without it there
-is no ``torch.ops.rmmd_core.posterior_step`` to register against, so registration is skipped and the
-dispatcher falls back to ``ops/reference.py`` (see dispatch.py).
+The schemas and the CPU / CUDA kernels come from the C++ extension (csrc/bindings/); the Triton ops
+(``rmmd_core::<op>_triton``) from ``ops/triton``. Without them there is nothing to register against,
+so registration is skipped and the dispatcher falls back to ``ops/reference.py`` (see dispatch.py).
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import torch
 __all__ = ["op_defined", "registered_ops"]
 
 _POSTERIOR_STEP = "rmmd_core::posterior_step"
+_POSTERIOR_STEP_TRITON = "rmmd_core::posterior_step_triton"
 _DATA_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 
 
@@ -78,12 +79,18 @@ def _posterior_step_backward(ctx, grad):
 
 
 def _register() -> tuple[str, ...]:
-    if not op_defined(_POSTERIOR_STEP):
-        return ()
-    torch.library.register_fake(_POSTERIOR_STEP, _posterior_step_fake)
-    torch.library.register_autograd(_POSTERIOR_STEP, _posterior_step_backward,
-                                    setup_context=_posterior_step_setup_context)
-    return (_POSTERIOR_STEP,)
+    done = []
+    if op_defined(_POSTERIOR_STEP):
+        torch.library.register_fake(_POSTERIOR_STEP, _posterior_step_fake)
+        torch.library.register_autograd(_POSTERIOR_STEP, _posterior_step_backward,
+                                        setup_context=_posterior_step_setup_context)
+        done.append(_POSTERIOR_STEP)
+    if op_defined(_POSTERIOR_STEP_TRITON):
+        # triton_ops trace their own Python launcher for fakes; only the gradient is added here.
+        torch.library.register_autograd(_POSTERIOR_STEP_TRITON, _posterior_step_backward,
+                                        setup_context=_posterior_step_setup_context)
+        done.append(_POSTERIOR_STEP_TRITON)
+    return tuple(done)
 
 
 registered_ops: tuple[str, ...] = _register()

@@ -4,13 +4,17 @@ Backends (house-style "Dispatch"):
 
 * ``reference``: ``ops/reference.py``, pure PyTorch, always available, the truth in tests;
 * ``cpu``: the ATen kernel in ``rmmd_core._C`` (CPU tensors);
-* ``triton``: reserved; no Triton kernel for ``posterior_step`` yet;
+* ``triton``: the ``rmmd_core::<op>_triton`` triton_ops in ``ops/triton/``: CUDA tensors on a GPU, or CPU
+  tensors when the kernels were defined under ``TRITON_INTERPRET=1`` (the interpreter; tests only);
 * ``cuda``: the torch-free CUDA kernel in ``rmmd_core._C``, present only in builds against CUDA torch.
 
 The choice comes from the ``backend=`` argument, else the ``RMMD_CORE_BACKEND`` environment variable
 (read at call time), else ``auto``. An explicit choice that cannot run raises ``RuntimeError`` with the
-reasons; ``auto`` takes the first backend of ``cuda, triton, cpu, reference`` that has none. Every
-backend answers ``not_supported_reasons(tensors) -> list[str]`` (the idea of xformers' dispatcher).
+reasons; ``auto`` takes the first backend of ``cuda, triton, cpu, reference`` that has none, except that
+it never picks the Triton *interpreter*: on CPU tensors the order is ``cpu, reference`` (the interpreter
+runs one Python-level program at a time, orders of magnitude slower than even the eager reference, so it
+is only ever used when asked for explicitly). Every backend answers
+``not_supported_reasons(tensors) -> list[str]`` (the idea of xformers' dispatcher).
 """
 
 from __future__ import annotations
@@ -26,19 +30,21 @@ from ._library import op_defined
 from .reference import philox_randn_ref, posterior_step_ref
 
 __all__ = [
-    "BACKENDS", "BACKEND_ENV", "Backend", "available_backends", "backend_reasons", "get_backend", "philox_randn",
+    "BACKENDS", "BACKEND_ENV", "Backend", "auto_backends", "available_backends", "backend_reasons", "get_backend", "philox_randn",
     "posterior_step", "resolve_backend",
 ]
 
 BACKEND_ENV = "RMMD_CORE_BACKEND"
 BACKENDS = ("reference", "cpu", "triton", "cuda")
 _AUTO_ORDER = ("cuda", "triton", "cpu", "reference")
-_OPS = ("posterior_step",)
+_OPS = ("posterior_step", "renoise", "rmmd_cotangent", "aux_loss")
 _DATA_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 _INSTALL_HINT = "rebuild it with `pip install --no-build-isolation -e .` from the repository root"
 
-# Set by rmmd_core/ops/__init__.py after it tried to import rmmd_core._C.
+# Set by rmmd_core/ops/__init__.py after it tried to import rmmd_core._C and rmmd_core.ops.triton.
 _extension_error: ImportError | None = None
+_triton_error: ImportError | None = None
+_triton_interpreter: bool = False
 # Build-level reasons per (backend, op), computed once by refresh() so that traced code (torch.compile)
 # only reads plain Python data instead of querying the dispatcher.
 _static_reasons: dict[tuple[str, str], tuple[str, ...]] = {}
@@ -64,13 +70,30 @@ def _extension_reasons(backend: str, op: str) -> tuple[str, ...]:
     return ()
 
 
-def refresh(extension_error: ImportError | None = None) -> None:
-    """Recompute build-level availability (called on import; call again after loading a new extension)."""
-    global _extension_error
+def _triton_reasons(op: str) -> tuple[str, ...]:
+    if _triton_error is not None:
+        return (f"triton is unavailable ({_triton_error})",)
+    if not op_defined(f"rmmd_core::{op}_triton"):
+        return (f"no Triton kernel for rmmd_core::{op}",)
+    return ()
+
+
+def refresh(extension_error: ImportError | None = None, triton_error: ImportError | None = None,
+            triton_interpreter: bool = False) -> None:
+    """Recompute build-level availability (called on import; call again after loading a new extension).
+
+    Args:
+        extension_error: why ``rmmd_core._C`` failed to import (None: it loaded).
+        triton_error: why ``rmmd_core.ops.triton`` failed to import (None: it loaded).
+        triton_interpreter: whether the Triton kernels were defined under ``TRITON_INTERPRET=1``.
+    """
+    global _extension_error, _triton_error, _triton_interpreter
     _extension_error = extension_error
+    _triton_error = triton_error
+    _triton_interpreter = triton_interpreter
     for op in _OPS:
         _static_reasons[("reference", op)] = ()
-        _static_reasons[("triton", op)] = ("not implemented for this op yet",)
+        _static_reasons[("triton", op)] = _triton_reasons(op)
         for backend in ("cpu", "cuda"):
             _static_reasons[(backend, op)] = _extension_reasons(backend, op)
 
@@ -86,7 +109,17 @@ class Backend:
     def not_supported_reasons(self, tensors: Sequence[torch.Tensor] = ()) -> list[str]:
         """Why this backend cannot run its op on ``tensors`` (empty list: it can)."""
         reasons = list(_static_reasons[(self.name, self.op)])
-        if self.device_type is not None:
+        if self.name == "triton":
+            # Compiled Triton runs on GPUs only; the interpreter runs on CPU tensors only.
+            wanted = "cpu" if _triton_interpreter else "cuda"
+            others = sorted({str(t.device) for t in tensors if t.device.type != wanted})
+            if others:
+                mode = ("the kernels were defined under TRITON_INTERPRET=1 (interpreter)" if _triton_interpreter
+                        else "compiled Triton kernels need a GPU; set TRITON_INTERPRET=1 before importing "
+                             "rmmd_core to run them on CPU tensors")
+                reasons.append(f"the triton backend needs {wanted} tensors here, got tensors on "
+                               f"{', '.join(others)} ({mode})")
+        elif self.device_type is not None:
             others = sorted({str(t.device) for t in tensors if t.device.type != self.device_type})
             if others:
                 reasons.append(f"the {self.name} backend needs {self.device_type} tensors, got tensors on "
@@ -94,8 +127,7 @@ class Backend:
         return reasons
 
 
-# The reference runs anywhere; the future Triton backend runs on CUDA tensors, or CPU ones under
-# TRITON_INTERPRET=1, so it will declare its device rule in its static reasons.
+# The reference runs anywhere; the Triton backend's device rule depends on interpreter mode (above).
 _DEVICE_TYPES = {"reference": None, "cpu": "cpu", "triton": None, "cuda": "cuda"}
 _BACKEND_OBJECTS = {(op, name): Backend(name, op, _DEVICE_TYPES[name]) for op in _OPS for name in BACKENDS}
 
@@ -116,6 +148,19 @@ def backend_reasons(op: str, *tensors: torch.Tensor) -> dict[str, list[str]]:
 def available_backends(op: str = "posterior_step", *tensors: torch.Tensor) -> list[str]:
     """Backends that can run ``op`` (on ``tensors``, if given), in auto-selection priority order."""
     return [name for name in _AUTO_ORDER if not get_backend(op, name).not_supported_reasons(tensors)]
+
+
+def auto_backends(op: str = "posterior_step", *tensors: torch.Tensor) -> list[str]:
+    """Backends ``auto`` may pick for ``op`` on ``tensors``, best first (the interpreter never appears)."""
+    _check_op(op)
+    return [name for name in _auto_order(tensors) if not get_backend(op, name).not_supported_reasons(tensors)]
+
+
+def _auto_order(tensors: Sequence[torch.Tensor]) -> tuple[str, ...]:
+    """Automatic priority: ``cuda > triton > cpu > reference``, minus the interpreter (see module doc)."""
+    if _triton_interpreter:
+        return tuple(name for name in _AUTO_ORDER if name != "triton")
+    return _AUTO_ORDER
 
 
 def _check_op(op: str) -> None:
@@ -151,7 +196,7 @@ def resolve_backend(op: str, *tensors: torch.Tensor, backend: str | None = None)
     _check_op(op)
     choice, source = _requested_backend(backend)
     if choice == "auto":
-        for name in _AUTO_ORDER:
+        for name in _auto_order(tensors):
             if not get_backend(op, name).not_supported_reasons(tensors):
                 return name
         # Unreachable while the reference accepts everything; kept so a future restriction fails loudly.
@@ -215,7 +260,8 @@ def posterior_step(z_t: torch.Tensor, x_hat: torch.Tensor, A: torch.Tensor, C: t
     strides. For DDIM(eta): A = sqrt(sigma_s^2 - gamma^2) / sigma_t, C = alpha_s - A alpha_t,
     gamma = eta sigma_s sigma_{t|s} / sigma_t. Samples with gamma[b] == 0 draw no noise. Math runs in
     float32 (float64 for float64 data; the noise itself is always float32) and is rounded once.
-    Non-contiguous z_t / x_hat are copied once by the C++ kernels; the output is always contiguous.
+    Non-contiguous z_t / x_hat are copied once by the C++ and Triton kernels (the reference reads them
+    as they are); the output is always contiguous.
 
     Autograd: grad_z_t = A[b] * grad, grad_x_hat = C[b] * grad. A, C, gamma, seed and offset are
     treated as constants (no gradient on any backend).
@@ -241,6 +287,8 @@ def posterior_step(z_t: torch.Tensor, x_hat: torch.Tensor, A: torch.Tensor, C: t
     name = resolve_backend("posterior_step", z_t, x_hat, A, C, gamma, backend=backend)
     if name == "reference":
         return posterior_step_ref(z_t, x_hat, A, C, gamma, seed, offset)
+    if name == "triton":
+        return torch.ops.rmmd_core.posterior_step_triton(z_t, x_hat, A, C, gamma, seed, offset)
     # cpu and cuda are the same dispatcher op; the tensors' device selects the kernel.
     return torch.ops.rmmd_core.posterior_step(z_t, x_hat, A, C, gamma, seed, offset)
 

@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["philox4x32_ref", "philox_randn_ref", "posterior_step_ref"]
+__all__ = ["COTANGENT_STATS", "aux_loss_ref", "philox4x32_ref", "philox_randn_ref", "posterior_step_ref", "renoise_ref",
+           "rmmd_cotangent_ref"]
 
 _MASK32 = 0xFFFFFFFF
 _KEY_A, _KEY_B = 0x9E3779B9, 0xBB67AE85  # Weyl key increments
@@ -151,3 +152,132 @@ def posterior_step_ref(z_t: torch.Tensor, x_hat: torch.Tensor, A: torch.Tensor, 
     noise = philox_randn_ref(z_t.numel(), seed, offset, z_t.device).reshape(z_t.shape).to(opmath)
     out = out + coef(gamma) * noise
     return out.to(z_t.dtype).contiguous()
+
+
+COTANGENT_STATS = ("surrogate", "l2", "sq_norm_mm", "sq_norm_reward", "sq_norm_anchor", "weight")
+"""Column names of the (B, 6) per-sample statistics returned by the rmmd_cotangent op."""
+
+
+def rmmd_cotangent_ref(x0: torch.Tensor, m_stu: torch.Tensor, m_ref: torch.Tensor, g_R: torch.Tensor | None,
+                       anchor: torch.Tensor | None, w: torch.Tensor, lam: float, lam_reg: float, scale: float,
+                       dmd: bool = False, dmd_eps: float = 1e-4) -> tuple[torch.Tensor, torch.Tensor]:
+    """RMMD cotangent assembly with its per-sample logging statistics (method.md §c.6 step 7, §e K5)::
+
+        w_eff[b] = w[b] / (mabs(x0[b] - m_ref[b]) + dmd_eps)   if dmd (DMD normaliser, §d.4), else w[b]
+        g[b]     = scale * ( w_eff[b] (m_stu[b] - m_ref[b]) - lam g_R[b] + 2 lam_reg (x0[b] - anchor[b]) )
+                 = (w_eff[b] d) * scale - (scale lam) g_R[b] + (2 scale lam_reg) (x0[b] - anchor[b])   (as computed)
+
+    and, per sample b (D values each; the norms are of the three *scaled* terms of g)::
+
+        stats[b] = [ (1/D) <x0, w_eff (m_stu - m_ref)>,     surrogate of the MM loss
+                     (1/D) ||x0 - anchor||^2,                L2 anchor term (0 without anchor)
+                     ||scale w_eff (m_stu - m_ref)||^2,      squared norm of the MM term
+                     ||scale lam g_R||^2,                    squared norm of the reward term (0 without g_R)
+                     ||2 scale lam_reg (x0 - anchor)||^2,    squared norm of the anchor term (0 without anchor)
+                     w_eff ]
+
+    The DMD normaliser is under stop-gradient (as in DMD); everything else is differentiable. Computed in
+    float32 (float64 for float64 data), g rounded once to x0's dtype.
+
+    Args:
+        x0: (B, ...) float32 / float64 / float16 / bfloat16, the student output x̂_0.
+        m_stu, m_ref: same shape, dtype and device: the auxiliary's and the reference's moments.
+        g_R: same shape or None: the reward-gradient term (multiplied by ``lam``).
+        anchor: same shape or None: the frozen phase-1 student's output a.
+        w: (B,) floating per-sample MM weight w(s).
+        lam, lam_reg, scale: Python floats (scale is 1/(N·D) in the engine).
+        dmd: use the DMD-style per-sample normaliser; dmd_eps: its epsilon (explicit, > 0).
+
+    Returns:
+        g: new contiguous tensor shaped like x0, x0's dtype.
+        stats: (B, 6) float32 (float64 for float64 data), columns ``COTANGENT_STATS``.
+    """
+    opmath = torch.float64 if x0.dtype == torch.float64 else torch.float32
+    batch = x0.shape[0]
+    D = x0[0].numel() if batch > 0 else 0
+    bshape = (batch,) + (1,) * (x0.dim() - 1)
+    X, diff = x0.to(opmath), m_stu.to(opmath) - m_ref.to(opmath)
+    w_eff = w.to(device=x0.device, dtype=opmath)
+    if dmd:
+        mabs = (X - m_ref.to(opmath)).detach().abs().reshape(batch, -1).mean(1)
+        w_eff = w_eff / (mabs + dmd_eps)
+    g_mm = w_eff.reshape(bshape) * diff
+    zero = X.new_zeros(batch)
+
+    def per_sample_sum(t: torch.Tensor) -> torch.Tensor:
+        return t.reshape(batch, -1).sum(1)
+
+    # Each term is scaled by its own coefficient (products of Python floats, rounded once to opmath) and
+    # the terms are summed in order: the kernels use the same association, and so did the unfused engine.
+    g = g_mm * scale
+    sq_reward = sq_anchor = l2 = zero
+    if g_R is not None:
+        g_r = g_R.to(opmath)
+        g = g - (lam * scale) * g_r
+        sq_reward = per_sample_sum((scale * lam * g_r) ** 2)
+    if anchor is not None:
+        e = X - anchor.to(opmath)
+        g = g + (2.0 * lam_reg * scale) * e
+        l2 = per_sample_sum(e * e) / max(D, 1)
+        sq_anchor = per_sample_sum((2.0 * scale * lam_reg * e) ** 2)
+    stats = torch.stack([per_sample_sum(X * g_mm) / max(D, 1), l2, per_sample_sum((scale * g_mm) ** 2), sq_reward,
+                         sq_anchor, w_eff], dim=1)
+    return g.to(x0.dtype).contiguous(), stats
+
+
+def aux_loss_ref(o: torch.Tensor, x0: torch.Tensor, m_ref: torch.Tensor,
+                 w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Auxiliary loss and its output gradient (method.md §c.6 step 8, §e K6)::
+
+        loss[b] = w[b] (1/D) ( ||x0[b] - o[b]||^2 + ||m_ref[b] - o[b]||^2 )
+        grad    = d(mean_b loss[b]) / do = (2 w[b] / (B D)) ((o - x0) + (o - m_ref))
+
+    x0 and m_ref are targets (the engine passes sg(x̂_0) and sg(m_ref)). Computed in float32 (float64
+    for float64 data); grad rounded once to o's dtype. Differentiable in every input.
+
+    Args:
+        o: (B, ...) float32 / float64 / float16 / bfloat16: the auxiliary's output φ(z_s).
+        x0, m_ref: same shape, dtype and device.
+        w: (B,) floating per-sample weight w_aux(s).
+
+    Returns:
+        loss: (B,) float32 (float64 for float64 data).
+        grad: like o, contiguous.
+    """
+    opmath = torch.float64 if o.dtype == torch.float64 else torch.float32
+    batch = o.shape[0]
+    D = max(o[0].numel(), 1) if batch > 0 else 1
+    bshape = (batch,) + (1,) * (o.dim() - 1)
+    O = o.to(opmath)
+    e_x, e_m = O - x0.to(opmath), O - m_ref.to(opmath)
+    w_op = w.to(device=o.device, dtype=opmath)
+    loss = w_op * (e_x * e_x + e_m * e_m).reshape(batch, -1).sum(1) / D
+    coef = (2.0 / (max(batch, 1) * D)) * w_op
+    grad = coef.reshape(bshape) * (e_x + e_m)
+    return loss, grad.to(o.dtype).contiguous()
+
+
+def renoise_ref(x: torch.Tensor, alpha: torch.Tensor, sigma: torch.Tensor, seed: int, offset: int = 0) -> torch.Tensor:
+    """Forward (re-)noising with in-kernel noise (method.md §c.6 step 2, §e K2)::
+
+        x_t[b, j] = alpha[b] * x[b, j] + sigma[b] * n[b * D + j],    n = philox_randn_ref(B * D, seed, offset)
+
+    the same noise stream, indexing and precision rules as :func:`posterior_step_ref` (which this is with
+    A = alpha, C = 0, gamma = sigma). alpha and sigma are constants (detached): grad_x = alpha[b] * grad.
+
+    Args:
+        x: (B, ...) float32 / float64 / float16 / bfloat16, the clean (or rolled-out) sample.
+        alpha, sigma: (B,) floating per-sample schedule values (float64 recommended).
+        seed: Philox key in [0, 2**63). offset: first Philox counter, >= 0.
+
+    Returns:
+        x_t: new contiguous tensor with x's shape and dtype.
+    """
+    opmath = torch.float64 if x.dtype == torch.float64 else torch.float32
+    bshape = (x.shape[0],) + (1,) * (x.dim() - 1)
+
+    def coef(t: torch.Tensor) -> torch.Tensor:
+        return t.detach().to(device=x.device, dtype=opmath).reshape(bshape)
+
+    noise = philox_randn_ref(x.numel(), seed, offset, x.device).reshape(x.shape).to(opmath)
+    return (coef(alpha) * x.to(opmath) + coef(sigma) * noise).to(x.dtype).contiguous()

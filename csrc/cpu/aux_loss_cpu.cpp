@@ -1,0 +1,94 @@
+// ATen CPU kernel of rmmd_core::aux_loss, the auxiliary loss with its output gradient (method.md §c.6
+// step 8, §e K6):
+//
+//   loss[b] = w[b] (1/D) sum_j ((x0 - o)^2 + (m_ref - o)^2)[b, j]
+//   grad    = (2 w[b] / (B D)) ((o - x0) + (o - m_ref))        = d(mean_b loss[b]) / do
+//
+// One pass: three reads, one write, one per-sample sum. Tasks are (sample, chunk) pieces
+// (sample_chunks.h); per-task sums combined in a fixed order. Numerics: opmath (float32; float64 for
+// double data) products and per-kInner-block sums, blocks combined in double; grad rounded once.
+#include "aux_loss_cpu.h"
+
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/zeros.h>
+
+#include <algorithm>
+#include <vector>
+
+#include "sample_chunks.h"
+
+namespace rmmd {
+namespace {
+
+// The element loop lives outside AT_DISPATCH: a `#pragma` cannot appear inside a macro argument.
+template <typename scalar_t, typename opmath_t>
+void aux_loss_tasks(const SampleChunks& L, const scalar_t* o_ptr, const scalar_t* x_ptr, const scalar_t* m_ptr,
+                    const opmath_t* w_ptr, double two_over_bd, scalar_t* g_ptr, std::vector<double>& partial) {
+  at::parallel_for(0, L.tasks(), 1, [&](int64_t t0, int64_t t1) {
+    for (int64_t t = t0; t < t1; ++t) {
+      const opmath_t coef = static_cast<opmath_t>(two_over_bd) * w_ptr[L.sample(t)];
+      double total = 0.0;
+      for (int64_t i0 = L.begin(t); i0 < L.end(t); i0 += kInner) {
+        const int64_t i1 = std::min(L.end(t), i0 + kInner);
+        opmath_t acc = 0;
+#pragma omp simd reduction(+ : acc)
+        for (int64_t i = i0; i < i1; ++i) {
+          const opmath_t ov = static_cast<opmath_t>(o_ptr[i]);
+          const opmath_t e_x = ov - static_cast<opmath_t>(x_ptr[i]);
+          const opmath_t e_m = ov - static_cast<opmath_t>(m_ptr[i]);
+          acc += e_x * e_x + e_m * e_m;
+          g_ptr[i] = static_cast<scalar_t>(coef * (e_x + e_m));
+        }
+        total += static_cast<double>(acc);
+      }
+      partial[t] = total;
+    }
+  });
+}
+
+}  // namespace
+
+std::tuple<at::Tensor, at::Tensor> aux_loss_cpu_kernel(const at::Tensor& o_in, const at::Tensor& x0_in,
+                                                       const at::Tensor& m_ref_in, const at::Tensor& w) {
+  // Flat indexing: one copy for strided inputs, none for contiguous ones.
+  const at::Tensor o = o_in.contiguous();
+  const at::Tensor x0 = x0_in.contiguous();
+  const at::Tensor m_ref = m_ref_in.contiguous();
+  const int64_t batch = o.size(0);
+  const int64_t D = batch > 0 ? o.numel() / batch : 0;
+  const at::ScalarType opmath_dtype = o.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  at::Tensor grad = at::empty(o.sizes(), o.options().memory_format(at::MemoryFormat::Contiguous));
+  at::Tensor loss = at::zeros({batch}, o.options().dtype(opmath_dtype));
+  if (batch == 0 || D == 0) {
+    return {loss, grad};
+  }
+  const SampleChunks L = SampleChunks::make(batch, D);
+
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, o.scalar_type(), "rmmd_core::aux_loss_cpu", [&] {
+    using opmath_t = at::opmath_type<scalar_t>;
+    const scalar_t* o_ptr = o.const_data_ptr<scalar_t>();
+    const scalar_t* x_ptr = x0.const_data_ptr<scalar_t>();
+    const scalar_t* m_ptr = m_ref.const_data_ptr<scalar_t>();
+    scalar_t* g_ptr = grad.mutable_data_ptr<scalar_t>();
+    const at::Tensor w_op = w.to(opmath_dtype).contiguous();
+    const opmath_t* w_ptr = w_op.const_data_ptr<opmath_t>();
+    // 2 / (B D) in double, times w[b] in opmath: the reference's association.
+    const double two_over_bd = 2.0 / (static_cast<double>(batch) * static_cast<double>(D));
+    std::vector<double> partial(L.tasks());
+
+    aux_loss_tasks<scalar_t, opmath_t>(L, o_ptr, x_ptr, m_ptr, w_ptr, two_over_bd, g_ptr, partial);
+    opmath_t* loss_ptr = loss.mutable_data_ptr<opmath_t>();
+    for (int64_t b = 0; b < batch; ++b) {
+      double s = 0.0;
+      for (int64_t c = 0; c < L.chunks; ++c) s += partial[b * L.chunks + c];
+      // w * (sum / D) with the sum rounded to opmath first, as the reference's w * sum / D.
+      loss_ptr[b] = w_ptr[b] * static_cast<opmath_t>(s) / static_cast<opmath_t>(D);
+    }
+  });
+  return {loss, grad};
+}
+
+}  // namespace rmmd

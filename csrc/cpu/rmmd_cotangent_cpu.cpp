@@ -1,0 +1,191 @@
+// ATen CPU kernel of rmmd_core::rmmd_cotangent, the RMMD cotangent assembly (method.md §c.6 step 7, §e K5):
+//
+//   w_eff[b] = w[b] / (mabs(x0[b] - m_ref[b]) + eps)  with the DMD normaliser (§d.4), else w[b]
+//   g[b, j]  = scale * ( w_eff[b] (m_stu - m_ref) - lam g_R + 2 lam_reg (x0 - a) )[b, j]
+//   stats[b] = [ (1/D) <x0, w_eff (m_stu - m_ref)>, (1/D) ||x0 - a||^2,
+//                ||scale w_eff (m_stu - m_ref)||^2, ||scale lam g_R||^2, ||2 scale lam_reg (x0 - a)||^2, w_eff ]
+//
+// One pass over the five inputs writes g and accumulates the per-sample sums the statistics need; the
+// DMD normaliser needs its per-sample reduction first, so it adds one read pass over x0 and m_ref.
+// Backward (rmmd_core/ops/rmmd_cotangent.py) is plain PyTorch: the engine never differentiates this op.
+//
+// Parallelism: (sample, chunk) tasks (sample_chunks.h); results do not depend on the thread count.
+// Numerics: loads upcast to opmath (float32; float64 for double data), products and the sums
+// of one kInner block in opmath (vectorised with `omp simd`), blocks combined in double; g rounded once.
+#include "rmmd_cotangent_cpu.h"
+
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/zeros.h>
+
+#include <algorithm>
+#include <array>
+#include <vector>
+
+#include "sample_chunks.h"
+
+namespace rmmd {
+namespace {
+
+using Layout = SampleChunks;
+
+// Pass 1 of the DMD normaliser: sum_j |x0 - m_ref| per task.
+template <typename scalar_t, typename opmath_t>
+void abs_partials(const Layout& L, const scalar_t* x0, const scalar_t* m_ref, std::vector<double>& partial) {
+  at::parallel_for(0, L.tasks(), 1, [&](int64_t t0, int64_t t1) {
+    for (int64_t t = t0; t < t1; ++t) {
+      double total = 0.0;
+      for (int64_t i0 = L.begin(t); i0 < L.end(t); i0 += kInner) {
+        const int64_t i1 = std::min(L.end(t), i0 + kInner);
+        opmath_t acc = 0;
+#pragma omp simd reduction(+ : acc)
+        for (int64_t i = i0; i < i1; ++i) {
+          const opmath_t v = static_cast<opmath_t>(x0[i]) - static_cast<opmath_t>(m_ref[i]);
+          acc += v < 0 ? -v : v;
+        }
+        total += static_cast<double>(acc);
+      }
+      partial[t] = total;
+    }
+  });
+}
+
+// Pass 2: g and the four per-task sums (x0 . d, sum d^2, sum g_R^2, sum e^2) with d = m_stu - m_ref,
+// e = x0 - a. HAS_R / HAS_A are compile-time so absent inputs cost nothing in the loop.
+template <typename scalar_t, typename opmath_t, bool HAS_R, bool HAS_A>
+void assemble(const Layout& L, const scalar_t* x0, const scalar_t* m_stu, const scalar_t* m_ref,
+              const scalar_t* g_r, const scalar_t* anchor, const opmath_t* w_eff, opmath_t lam_s,
+              opmath_t reg_s, opmath_t scale, scalar_t* out, std::vector<std::array<double, 4>>& partial) {
+  at::parallel_for(0, L.tasks(), 1, [&](int64_t t0, int64_t t1) {
+    for (int64_t t = t0; t < t1; ++t) {
+      const opmath_t we = w_eff[t / L.chunks];
+      std::array<double, 4> total{0.0, 0.0, 0.0, 0.0};
+      for (int64_t i0 = L.begin(t); i0 < L.end(t); i0 += kInner) {
+        const int64_t i1 = std::min(L.end(t), i0 + kInner);
+        opmath_t s_xd = 0, s_dd = 0, s_rr = 0, s_ee = 0;
+#pragma omp simd reduction(+ : s_xd, s_dd, s_rr, s_ee)
+        for (int64_t i = i0; i < i1; ++i) {
+          const opmath_t x = static_cast<opmath_t>(x0[i]);
+          const opmath_t d = static_cast<opmath_t>(m_stu[i]) - static_cast<opmath_t>(m_ref[i]);
+          const opmath_t g_mm = we * d;
+          // Same association as the reference: ((w d) scale - (scale lam) r) + (2 scale lam_reg) e.
+          opmath_t g = g_mm * scale;
+          s_xd += x * g_mm;
+          s_dd += d * d;
+          if constexpr (HAS_R) {
+            const opmath_t r = static_cast<opmath_t>(g_r[i]);
+            g -= lam_s * r;
+            s_rr += r * r;
+          }
+          if constexpr (HAS_A) {
+            const opmath_t e = x - static_cast<opmath_t>(anchor[i]);
+            g += reg_s * e;
+            s_ee += e * e;
+          }
+          out[i] = static_cast<scalar_t>(g);
+        }
+        total[0] += static_cast<double>(s_xd);
+        total[1] += static_cast<double>(s_dd);
+        total[2] += static_cast<double>(s_rr);
+        total[3] += static_cast<double>(s_ee);
+      }
+      partial[t] = total;
+    }
+  });
+}
+
+}  // namespace
+
+std::tuple<at::Tensor, at::Tensor> rmmd_cotangent_cpu_kernel(const at::Tensor& x0_in, const at::Tensor& m_stu_in,
+                                                             const at::Tensor& m_ref_in,
+                                                             const std::optional<at::Tensor>& g_R,
+                                                             const std::optional<at::Tensor>& anchor,
+                                                             const at::Tensor& w, double lam, double lam_reg,
+                                                             double scale, bool dmd, double dmd_eps) {
+  // The kernel indexes flat memory: one copy for strided inputs, none for contiguous ones.
+  const at::Tensor x0 = x0_in.contiguous();
+  const at::Tensor m_stu = m_stu_in.contiguous();
+  const at::Tensor m_ref = m_ref_in.contiguous();
+  const bool has_r = g_R.has_value();
+  const bool has_a = anchor.has_value();
+  const at::Tensor r = has_r ? g_R->contiguous() : at::Tensor();
+  const at::Tensor a = has_a ? anchor->contiguous() : at::Tensor();
+
+  const int64_t batch = x0.size(0);
+  const int64_t numel = x0.numel();
+  const int64_t D = batch > 0 ? numel / batch : 0;
+  at::Tensor out = at::empty(x0.sizes(), x0.options().memory_format(at::MemoryFormat::Contiguous));
+  const at::ScalarType stats_dtype = x0.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  at::Tensor stats = at::zeros({batch, 6}, x0.options().dtype(stats_dtype));
+  if (batch == 0) {
+    return {out, stats};
+  }
+  const Layout L = Layout::make(batch, D);
+
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x0.scalar_type(), "rmmd_core::rmmd_cotangent_cpu", [&] {
+    using opmath_t = at::opmath_type<scalar_t>;
+    const scalar_t* x_ptr = x0.const_data_ptr<scalar_t>();
+    const scalar_t* ms_ptr = m_stu.const_data_ptr<scalar_t>();
+    const scalar_t* mr_ptr = m_ref.const_data_ptr<scalar_t>();
+    const scalar_t* r_ptr = has_r ? r.const_data_ptr<scalar_t>() : nullptr;
+    const scalar_t* a_ptr = has_a ? a.const_data_ptr<scalar_t>() : nullptr;
+    opmath_t* st = stats.mutable_data_ptr<opmath_t>();
+
+    // Per-sample weights, read in opmath (computed in float64 by the caller, method.md Project defaults).
+    const at::Tensor w_op = w.to(stats_dtype).contiguous();
+    std::vector<opmath_t> w_eff(w_op.const_data_ptr<opmath_t>(), w_op.const_data_ptr<opmath_t>() + batch);
+    if (dmd) {
+      std::vector<double> abs_part(L.tasks());
+      abs_partials<scalar_t, opmath_t>(L, x_ptr, mr_ptr, abs_part);
+      for (int64_t b = 0; b < batch; ++b) {
+        double s = 0.0;
+        for (int64_t c = 0; c < L.chunks; ++c) s += abs_part[b * L.chunks + c];
+        // mabs and the division in opmath, as the reference: w / (mean|x0 - m_ref| + eps)
+        const opmath_t mabs = D > 0 ? static_cast<opmath_t>(s / static_cast<double>(D)) : opmath_t(0);
+        w_eff[b] = w_eff[b] / (mabs + static_cast<opmath_t>(dmd_eps));
+      }
+    }
+
+    std::vector<std::array<double, 4>> part(L.tasks());
+    // Term coefficients are products of doubles rounded once to opmath, like the reference's.
+    const opmath_t lam_o = static_cast<opmath_t>(lam * scale);
+    const opmath_t two_reg = static_cast<opmath_t>(2.0 * lam_reg * scale);
+    const opmath_t scale_o = static_cast<opmath_t>(scale);
+    scalar_t* out_ptr = out.mutable_data_ptr<scalar_t>();
+    if (numel > 0) {
+      if (has_r && has_a) {
+        assemble<scalar_t, opmath_t, true, true>(L, x_ptr, ms_ptr, mr_ptr, r_ptr, a_ptr, w_eff.data(), lam_o, two_reg,
+                                                 scale_o, out_ptr, part);
+      } else if (has_r) {
+        assemble<scalar_t, opmath_t, true, false>(L, x_ptr, ms_ptr, mr_ptr, r_ptr, a_ptr, w_eff.data(), lam_o,
+                                                  two_reg, scale_o, out_ptr, part);
+      } else if (has_a) {
+        assemble<scalar_t, opmath_t, false, true>(L, x_ptr, ms_ptr, mr_ptr, r_ptr, a_ptr, w_eff.data(), lam_o,
+                                                  two_reg, scale_o, out_ptr, part);
+      } else {
+        assemble<scalar_t, opmath_t, false, false>(L, x_ptr, ms_ptr, mr_ptr, r_ptr, a_ptr, w_eff.data(), lam_o,
+                                                   two_reg, scale_o, out_ptr, part);
+      }
+    }
+    const double inv_d = D > 0 ? 1.0 / static_cast<double>(D) : 0.0;
+    for (int64_t b = 0; b < batch; ++b) {
+      std::array<double, 4> s{0.0, 0.0, 0.0, 0.0};
+      for (int64_t c = 0; c < L.chunks && numel > 0; ++c) {
+        for (int k = 0; k < 4; ++k) s[k] += part[b * L.chunks + c][k];
+      }
+      const double we = static_cast<double>(w_eff[b]);
+      const double sc = scale;
+      st[b * 6 + 0] = static_cast<opmath_t>(s[0] * inv_d);
+      st[b * 6 + 1] = static_cast<opmath_t>(has_a ? s[3] * inv_d : 0.0);
+      st[b * 6 + 2] = static_cast<opmath_t>(sc * sc * we * we * s[1]);
+      st[b * 6 + 3] = static_cast<opmath_t>(has_r ? sc * sc * lam * lam * s[2] : 0.0);
+      st[b * 6 + 4] = static_cast<opmath_t>(has_a ? 4.0 * sc * sc * lam_reg * lam_reg * s[3] : 0.0);
+      st[b * 6 + 5] = w_eff[b];
+    }
+  });
+  return {out, stats};
+}
+
+}  // namespace rmmd

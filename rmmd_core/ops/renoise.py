@@ -1,0 +1,111 @@
+"""K2, forward (re-)noise with in-kernel Philox noise (method.md §c.6 step 2, §e K2): public entry point,
+validation, fake kernel and autograd of ``rmmd_core::renoise`` (C++ CPU / CUDA) and
+``rmmd_core::renoise_triton``. The truth is ``ops/reference.py::renoise_ref``.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from . import dispatch
+from ._library import op_defined
+from .dispatch import _check_int
+from .reference import renoise_ref
+
+__all__ = ["renoise"]
+
+_OP = "rmmd_core::renoise"
+_OP_TRITON = "rmmd_core::renoise_triton"
+_DATA_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+
+
+def _validate(x, alpha, sigma, seed, offset) -> tuple[int, int]:
+    for name, t in (("x", x), ("alpha", alpha), ("sigma", sigma)):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if x.dim() < 1:
+        raise ValueError("x must have a leading batch dimension (shape (B, ...)), got a 0-d tensor")
+    if x.dtype not in _DATA_DTYPES:
+        raise TypeError(f"x must be float32, float64, float16 or bfloat16, got {x.dtype}")
+    for name, coef in (("alpha", alpha), ("sigma", sigma)):
+        if coef.dim() != 1 or coef.shape[0] != x.shape[0]:
+            raise ValueError(f"{name} must have shape (B,) = ({x.shape[0]},), got {tuple(coef.shape)}")
+        if not coef.dtype.is_floating_point:
+            raise TypeError(f"{name} must be a floating tensor (float64 recommended), got {coef.dtype}")
+        if coef.device != x.device:
+            raise ValueError(f"{name} must be on x's device {x.device}, got {coef.device}")
+    return _check_int(seed, "seed", upper=2**63), _check_int(offset, "offset", upper=2**63)
+
+
+def renoise(x: torch.Tensor, alpha: torch.Tensor, sigma: torch.Tensor, seed: int, offset: int = 0,
+            backend: str | None = None) -> torch.Tensor:
+    """Forward (re-)noise ``x_t = alpha x + sigma eps`` with in-kernel noise (method.md §c.6 step 2, §e K2)::
+
+        x_t[b, j] = alpha[b] * x[b, j] + sigma[b] * n[b * D + j],    n[i] = tl.randn(seed, offset + i)
+
+    The noise is the Philox stream of :func:`posterior_step` (same seed and offset: same numbers on every
+    backend; successive calls sharing a seed should advance ``offset`` by ``x.numel()``). float32 math
+    (float64 for float64 data), rounded once. Non-contiguous x is copied once by the C++ and Triton
+    kernels; the output is contiguous. Autograd: grad_x = alpha[b] * grad; alpha, sigma get none.
+
+    Args:
+        x: (B, ...) float32 / float64 / float16 / bfloat16: the clean or rolled-out sample.
+        alpha, sigma: (B,) floating on x's device (compute them in float64).
+        seed: int in [0, 2**63); offset: int in [0, 2**63).
+        backend: None (``RMMD_CORE_BACKEND``, default auto), "auto", "reference", "cpu", "triton", "cuda".
+
+    Returns:
+        x_t: new contiguous tensor with x's shape, dtype and device.
+    """
+    seed, offset = _validate(x, alpha, sigma, seed, offset)
+    name = dispatch.resolve_backend("renoise", x, alpha, sigma, backend=backend)
+    if name == "reference":
+        return renoise_ref(x, alpha, sigma, seed, offset)
+    if name == "triton":
+        return torch.ops.rmmd_core.renoise_triton(x, alpha, sigma, seed, offset)
+    return torch.ops.rmmd_core.renoise(x, alpha, sigma, seed, offset)
+
+
+def _fake(x, alpha, sigma, seed, offset):
+    torch._check(x.dim() >= 1, lambda: "rmmd_core::renoise: x must have a leading batch dimension")
+    torch._check(x.dtype in _DATA_DTYPES,
+                 lambda: f"rmmd_core::renoise: x must be float32, float64, float16 or bfloat16, got {x.dtype}")
+    for name, coef in (("alpha", alpha), ("sigma", sigma)):
+        torch._check(coef.dim() == 1 and coef.shape[0] == x.shape[0],
+                     lambda: f"rmmd_core::renoise: {name} must have shape (B,) = ({x.shape[0]},), got "
+                             f"{tuple(coef.shape)}")
+        torch._check(coef.dtype.is_floating_point, lambda: f"rmmd_core::renoise: {name} must be a floating tensor")
+        torch._check(coef.device == x.device, lambda: f"rmmd_core::renoise: {name} is on {coef.device} but x is on "
+                                                      f"{x.device}")
+    torch._check(seed >= 0, lambda: f"rmmd_core::renoise: seed must be non-negative, got {seed}")
+    torch._check(offset >= 0, lambda: f"rmmd_core::renoise: offset must be non-negative, got {offset}")
+    return x.new_empty(x.shape)
+
+
+def _setup_context(ctx, inputs, output):
+    ctx.save_for_backward(inputs[1] if ctx.needs_input_grad[0] else None)
+
+
+def _backward(ctx, grad):
+    """d x_t / d x = alpha[b]; alpha, sigma, seed, offset are constants (as in the reference)."""
+    (alpha,) = ctx.saved_tensors
+    if alpha is None:
+        return None, None, None, None, None
+    opmath = torch.float64 if grad.dtype == torch.float64 else torch.float32
+    shape = (grad.shape[0],) + (1,) * (grad.dim() - 1)
+    return (grad.to(opmath) * alpha.to(opmath).reshape(shape)).to(grad.dtype), None, None, None, None
+
+
+def _register() -> tuple[str, ...]:
+    done = []
+    if op_defined(_OP):
+        torch.library.register_fake(_OP, _fake)
+        done.append(_OP)
+    for qualname in (_OP, _OP_TRITON):
+        if op_defined(qualname):
+            torch.library.register_autograd(qualname, _backward, setup_context=_setup_context)
+            done.append(qualname + " (autograd)")
+    return tuple(done)
+
+
+registered_ops: tuple[str, ...] = _register()

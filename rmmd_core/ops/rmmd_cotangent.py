@@ -1,0 +1,210 @@
+"""K5, the RMMD cotangent assembly (method.md §c.6 step 7, §e K5): public entry point, validation,
+fake kernel and autograd of ``rmmd_core::rmmd_cotangent`` (C++ CPU / CUDA) and
+``rmmd_core::rmmd_cotangent_triton`` (ops/triton/rmmd_cotangent.py). The truth is
+``ops/reference.py::rmmd_cotangent_ref``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from . import dispatch
+from ._library import op_defined
+from .reference import COTANGENT_STATS, rmmd_cotangent_ref
+
+__all__ = ["COTANGENT_STATS", "rmmd_cotangent"]
+
+_OP = "rmmd_core::rmmd_cotangent"
+_OP_TRITON = "rmmd_core::rmmd_cotangent_triton"
+_DATA_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+_N_STATS = len(COTANGENT_STATS)
+
+
+def _validate(x0, m_stu, m_ref, g_R, anchor, w, lam, lam_reg, scale, dmd, dmd_eps):
+    """Named TypeError / ValueError for every bad argument (the public API's contract)."""
+    if not isinstance(x0, torch.Tensor):
+        raise TypeError(f"x0 must be a torch.Tensor, got {type(x0).__name__}")
+    if x0.dim() < 1:
+        raise ValueError("x0 must have a leading batch dimension (shape (B, ...)), got a 0-d tensor")
+    if x0.dtype not in _DATA_DTYPES:
+        raise TypeError(f"x0 must be float32, float64, float16 or bfloat16, got {x0.dtype}")
+    for name, t, optional in (("m_stu", m_stu, False), ("m_ref", m_ref, False), ("g_R", g_R, True),
+                              ("anchor", anchor, True)):
+        if t is None and optional:
+            continue
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor{' or None' if optional else ''}, got {type(t).__name__}")
+        if t.shape != x0.shape:
+            raise ValueError(f"{name} must have x0's shape {tuple(x0.shape)}, got {tuple(t.shape)}")
+        if t.dtype != x0.dtype:
+            raise TypeError(f"{name} must have x0's dtype {x0.dtype}, got {t.dtype}")
+        if t.device != x0.device:
+            raise ValueError(f"{name} must be on x0's device {x0.device}, got {t.device}")
+    if not isinstance(w, torch.Tensor):
+        raise TypeError(f"w must be a (B,) torch.Tensor, got {type(w).__name__}")
+    if w.dim() != 1 or w.shape[0] != x0.shape[0]:
+        raise ValueError(f"w must have shape (B,) = ({x0.shape[0]},), got {tuple(w.shape)}")
+    if not w.dtype.is_floating_point:
+        raise TypeError(f"w must be a floating tensor (float64 recommended), got {w.dtype}")
+    if w.device != x0.device:
+        raise ValueError(f"w must be on x0's device {x0.device}, got {w.device}")
+    out = []
+    for name, v in (("lam", lam), ("lam_reg", lam_reg), ("scale", scale), ("dmd_eps", dmd_eps)):
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            raise TypeError(f"{name} must be a Python float, got {type(v).__name__}")
+        if not math.isfinite(v):
+            raise ValueError(f"{name} must be finite, got {v}")
+        out.append(float(v))
+    if not isinstance(dmd, bool):
+        raise TypeError(f"dmd must be a bool, got {type(dmd).__name__}")
+    if dmd and not out[3] > 0:
+        raise ValueError(f"dmd_eps must be > 0 with dmd=True, got {dmd_eps}")
+    return out
+
+
+def rmmd_cotangent(x0: torch.Tensor, m_stu: torch.Tensor, m_ref: torch.Tensor, g_R: torch.Tensor | None,
+                   anchor: torch.Tensor | None, w: torch.Tensor, lam: float = 0.0, lam_reg: float = 0.0,
+                   scale: float = 1.0, dmd: bool = False, dmd_eps: float = 1e-4,
+                   backend: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Fused RMMD cotangent with per-sample logging statistics (method.md §c.6 step 7, §e K5)::
+
+        w_eff[b] = w[b] / (mabs(x0[b] - m_ref[b]) + dmd_eps)      if dmd (DMD normaliser, §d.4), else w[b]
+        g        = scale * ( w_eff (m_stu - m_ref) - lam g_R + 2 lam_reg (x0 - anchor) )
+
+    In one pass over the inputs (two with ``dmd``: the normaliser's per-sample reduction comes first).
+    ``stats`` columns (``COTANGENT_STATS``), per sample, D = x0[0].numel(), d = m_stu - m_ref::
+
+        surrogate      (1/D) <x0, w_eff d>                the MM surrogate's value
+        l2             (1/D) ||x0 - anchor||^2            0 without anchor
+        sq_norm_mm     ||scale w_eff d||^2                squared norms of the three terms of g
+        sq_norm_reward ||scale lam g_R||^2                0 without g_R
+        sq_norm_anchor ||2 scale lam_reg (x0 - anchor)||^2
+        weight         w_eff
+
+    Numerics: float32 math (float64 for float64 data), g rounded once to x0's dtype, sums accumulated in
+    fp32 blocks (combined in double on CPU). Non-contiguous inputs are copied once by the C++ and Triton
+    kernels (the reference reads them as they are); g is always contiguous.
+
+    Autograd (all backends): the DMD normaliser is under stop-gradient; every other dependency of g and
+    of the statistics is differentiated exactly (backward in plain PyTorch; the engine itself uses g as
+    a cotangent and never differentiates this op).
+
+    Args:
+        x0: (B, ...) float32 / float64 / float16 / bfloat16: the student output x̂_0.
+        m_stu, m_ref: like x0: the auxiliary's moment and the reference (teacher) moment.
+        g_R: like x0, or None: reward gradient term, multiplied by ``lam`` (the engine passes dr/dx̂_0
+            and lam·M·D, which is the λ ĝ_R of §c.6).
+        anchor: like x0, or None: the frozen phase-1 student's output a.
+        w: (B,) floating per-sample weight w(s) on x0's device (float64 recommended; read as fp32).
+        lam, lam_reg, scale: finite Python floats (the engine uses scale = 1/(N·D)).
+        dmd: apply the DMD-style normaliser; dmd_eps: its epsilon, > 0 (explicit on purpose).
+        backend: None (``RMMD_CORE_BACKEND``, default auto), "auto", "reference", "cpu", "triton", "cuda".
+
+    Returns:
+        (g, stats): g like x0 (contiguous), stats (B, 6) float32 (float64 for float64 data).
+
+    Raises:
+        TypeError / ValueError naming the argument; RuntimeError when an explicit backend cannot run.
+    """
+    lam, lam_reg, scale, dmd_eps = _validate(x0, m_stu, m_ref, g_R, anchor, w, lam, lam_reg, scale, dmd, dmd_eps)
+    tensors = [t for t in (x0, m_stu, m_ref, g_R, anchor, w) if t is not None]
+    name = dispatch.resolve_backend("rmmd_cotangent", *tensors, backend=backend)
+    args = (x0, m_stu, m_ref, g_R, anchor, w, lam, lam_reg, scale, dmd, dmd_eps)
+    if name == "reference":
+        return rmmd_cotangent_ref(*args)
+    if name == "triton":
+        return torch.ops.rmmd_core.rmmd_cotangent_triton(*args)
+    return torch.ops.rmmd_core.rmmd_cotangent(*args)
+
+
+# ------------------------------------------------------------------------------------------------
+# torch.library registrations: fake (C++ op only; triton_ops trace their launcher) and autograd
+# ------------------------------------------------------------------------------------------------
+
+def _fake(x0, m_stu, m_ref, g_R, anchor, w, lam, lam_reg, scale, dmd, dmd_eps):
+    torch._check(x0.dim() >= 1, lambda: "rmmd_core::rmmd_cotangent: x0 must have a leading batch dimension")
+    torch._check(x0.dtype in _DATA_DTYPES,
+                 lambda: f"rmmd_core::rmmd_cotangent: x0 must be float32, float64, float16 or bfloat16, got {x0.dtype}")
+    for name, t in (("m_stu", m_stu), ("m_ref", m_ref), ("g_R", g_R), ("anchor", anchor)):
+        if t is None:
+            continue
+        torch._check(t.shape == x0.shape, lambda: f"rmmd_core::rmmd_cotangent: {name} has shape "
+                                                  f"{tuple(t.shape)} but x0 has shape {tuple(x0.shape)}")
+        torch._check(t.dtype == x0.dtype,
+                     lambda: f"rmmd_core::rmmd_cotangent: {name} has dtype {t.dtype} but x0 has dtype {x0.dtype}")
+        torch._check(t.device == x0.device,
+                     lambda: f"rmmd_core::rmmd_cotangent: {name} is on {t.device} but x0 is on {x0.device}")
+    torch._check(w.dim() == 1 and w.shape[0] == x0.shape[0],
+                 lambda: f"rmmd_core::rmmd_cotangent: w must have shape (B,) = ({x0.shape[0]},), got {tuple(w.shape)}")
+    torch._check(w.dtype.is_floating_point, lambda: f"rmmd_core::rmmd_cotangent: w must be a floating tensor")
+    torch._check(w.device == x0.device, lambda: f"rmmd_core::rmmd_cotangent: w is on {w.device} but x0 is on {x0.device}")
+    torch._check(not dmd or dmd_eps > 0, lambda: f"rmmd_core::rmmd_cotangent: dmd_eps must be > 0, got {dmd_eps}")
+    opmath = torch.float64 if x0.dtype == torch.float64 else torch.float32
+    return x0.new_empty(x0.shape), x0.new_empty((x0.shape[0], _N_STATS), dtype=opmath)
+
+
+def _setup_context(ctx, inputs, output):
+    x0, m_stu, m_ref, g_R, anchor, w, lam, lam_reg, scale, dmd, dmd_eps = inputs
+    _, stats = output
+    ctx.consts = (lam, lam_reg, scale, dmd, dmd_eps, g_R is not None, anchor is not None)
+    # w_eff is stats[:, 5]; the normaliser factor r = w_eff / w is recomputed in backward when dmd.
+    ctx.save_for_backward(x0, m_stu, m_ref, g_R, anchor, w, stats[:, 5])
+
+
+def _backward(ctx, grad_g, grad_stats):
+    """Exact gradients of g and of the statistics (DMD normaliser r = w_eff / w held constant).
+
+    With d = m_stu - m_ref, e = x0 - a, s = scale, per sample b and upstream (G, S = [S0..S5])::
+
+        dL/dd     = s w_eff G + S0 w_eff x0 / D + 2 S2 s^2 w_eff^2 d        (m_stu: +, m_ref: -)
+        dL/de     = 2 s lam_reg G + 2 S1 e / D + 8 S4 s^2 lam_reg^2 e       (x0: +, anchor: -)
+        dL/dx0   += S0 w_eff d / D
+        dL/dg_R   = -s lam G + 2 S3 s^2 lam^2 g_R
+        dL/dw     = r (s <G, d> + S0 <x0, d> / D + 2 S2 s^2 w_eff ||d||^2 + S5)
+    """
+    x0, m_stu, m_ref, g_R, anchor, w, w_eff = ctx.saved_tensors
+    lam, lam_reg, s, dmd, dmd_eps, has_r, has_a = ctx.consts
+    opmath = torch.float64 if x0.dtype == torch.float64 else torch.float32
+    B = x0.shape[0]
+    D = max(x0[0].numel(), 1) if B > 0 else 1
+    bshape = (B,) + (1,) * (x0.dim() - 1)
+    G = grad_g.to(opmath) if grad_g is not None else torch.zeros(x0.shape, dtype=opmath, device=x0.device)
+    S = grad_stats.to(opmath) if grad_stats is not None else torch.zeros(B, _N_STATS, dtype=opmath, device=x0.device)
+    col = [S[:, k].reshape(bshape) for k in range(_N_STATS)]
+    X, d = x0.to(opmath), m_stu.to(opmath) - m_ref.to(opmath)
+    we = w_eff.to(opmath).reshape(bshape)
+    grad_d = s * we * G + col[0] * we * X / D + 2 * col[2] * s * s * we * we * d
+    grad_x0 = col[0] * we * d / D
+    grad_a = grad_r = None
+    if has_a:
+        e = X - anchor.to(opmath)
+        grad_e = 2 * s * lam_reg * G + 2 * col[1] * e / D + 8 * col[4] * s * s * lam_reg * lam_reg * e
+        grad_x0 = grad_x0 + grad_e
+        grad_a = (-grad_e).to(x0.dtype)
+    if has_r:
+        grad_r = (-s * lam * G + 2 * col[3] * s * s * lam * lam * g_R.to(opmath)).to(x0.dtype)
+    flat = lambda t: t.reshape(B, -1).sum(1)  # noqa: E731
+    grad_we = s * flat(G * d) + S[:, 0] * flat(X * d) / D + 2 * S[:, 2] * s * s * w_eff.to(opmath) * flat(d * d)
+    ratio = 1.0
+    if dmd:  # r = 1 / (mabs + eps), recomputed (B scalars) rather than divided out of w_eff (w may be 0)
+        ratio = 1.0 / ((X - m_ref.to(opmath)).abs().reshape(B, -1).mean(1) + dmd_eps)
+    grad_w = (ratio * (grad_we + S[:, 5])).to(w.dtype)
+    return (grad_x0.to(x0.dtype), grad_d.to(x0.dtype), (-grad_d).to(x0.dtype), grad_r, grad_a, grad_w,
+            None, None, None, None, None)
+
+
+def _register() -> tuple[str, ...]:
+    done = []
+    if op_defined(_OP):
+        torch.library.register_fake(_OP, _fake)
+        done.append(_OP)
+    for qualname in (_OP, _OP_TRITON):
+        if op_defined(qualname):
+            torch.library.register_autograd(qualname, _backward, setup_context=_setup_context)
+            done.append(qualname + " (autograd)")
+    return tuple(done)
+
+
+registered_ops: tuple[str, ...] = _register()
