@@ -6,7 +6,7 @@ TORCH_SPEC ?= torch==2.13.0
 PY         := $(VENV)/bin/python
 PIP        := $(PY) -m pip
 STAMPS     := .stamps
-DEPS       := triton numpy pytest pytest-timeout ninja pybind11 hypothesis diffusers scipy
+DEPS       := triton numpy pytest pytest-timeout ninja pybind11 hypothesis diffusers scipy tqdm matplotlib
 EXT_SRCS   := setup.py $(shell find csrc -type f 2>/dev/null)
 
 .PHONY: demo test bench setup clean
