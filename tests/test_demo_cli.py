@@ -3,6 +3,7 @@ import json
 import time
 
 import pytest
+import torch
 
 from rmmd_core.__main__ import main
 from rmmd_core.methods import METHODS
@@ -10,12 +11,23 @@ from rmmd_core.methods import METHODS
 REPORT_FILES = ("report.md", "metrics.json", "samples.png", "pareto.png", "curves.png")
 
 
+@pytest.fixture(autouse=True)
+def _restore_threads():
+    # the CLI sets 1 intra-op thread for its process; give the rest of the suite its default back
+    n = torch.get_num_threads()
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="module")
 def quick_report(tmp_path_factory):
     out = tmp_path_factory.mktemp("demo") / "report"
+    threads = torch.get_num_threads()
     t0 = time.perf_counter()
     rc = main(["demo", "--quick", "--no-progress", "--out", str(out)])
-    return out, rc, time.perf_counter() - t0
+    seconds = time.perf_counter() - t0
+    torch.set_num_threads(threads)
+    return out, rc, seconds
 
 
 def test_quick_demo_writes_the_report(quick_report):
