@@ -42,7 +42,7 @@ class DemoSettings:
     num_steps: int = 4               # K of the student sampler
     teacher_steps: int = 32          # teacher sampler steps for its reference row
     mm_iters: int = 300
-    iters: int = 150
+    iters: int = 100
     eval_every: int = 50
     batch: int = 32
     n_eval: int = 500
