@@ -6,19 +6,30 @@ TORCH_SPEC ?= torch==2.13.0
 PY         := $(VENV)/bin/python
 PIP        := $(PY) -m pip
 STAMPS     := .stamps
-DEPS       := triton numpy pytest pytest-timeout ninja pybind11 hypothesis diffusers scipy
+DEPS       := triton numpy pytest pytest-timeout ninja pybind11 hypothesis diffusers scipy tqdm matplotlib
 EXT_SRCS   := setup.py $(shell find csrc -type f 2>/dev/null)
 
-.PHONY: demo test bench setup clean
+.PHONY: demo pareto test bench bench-memory setup clean
+
+# each run writes a new timestamped report folder (the CLI never overwrites one without --overwrite)
+DEMO_OUT  ?= demo_reports/$(shell date +%Y%m%d-%H%M%S)
+DEMO_ARGS ?=
 
 demo: setup
-	$(PY) -m rmmd_core demo
+	$(PY) -m rmmd_core demo --out $(DEMO_OUT) $(DEMO_ARGS)
+
+# the full lambda sweep of every method (slower than the demo); results go to benchmarks/results/
+pareto: setup
+	$(PY) -m rmmd_core pareto $(DEMO_ARGS)
 
 test: setup
 	$(PY) -m pytest -q -p no:cacheprovider tests
 
 bench: setup
 	$(PY) benchmarks/bench_posterior_step.py
+
+bench-memory: setup
+	$(PY) benchmarks/bench_memory.py
 
 setup: $(STAMPS)/build
 

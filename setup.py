@@ -161,6 +161,8 @@ setup(
     version="0.1.0",
     description="Reward-regularised moment-matching distillation of diffusion models, with fused kernels",
     packages=find_packages(include=["rmmd_core*"]),
+    # the shapes task's teacher / classifier checkpoints and their manifest (rmmd_core/tasks/assets.py)
+    package_data={"rmmd_core": ["assets/*.pt", "assets/MANIFEST.json"]},
     python_requires=">=3.10",
     # torch is deliberately absent: it must already be installed (the build links against it), and
     # listing it would let pip replace a CUDA build with a different wheel.
