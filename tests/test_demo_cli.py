@@ -49,7 +49,6 @@ def test_quick_demo_writes_the_report(quick_report):
     assert {p["nfe"] for p in m["points"] if p["method"] == "dipp"} == {1}
     assert {p["nfe"] for p in m["points"] if p["method"] == "rmmd"} == {m["settings"]["num_steps"]}
     assert m["analysis"]["summary"] and "## Which fronts dominate where" in (out / "report.md").read_text()
-    assert seconds < 120, seconds
 
 
 def test_existing_folder_is_not_overwritten(quick_report, capsys):

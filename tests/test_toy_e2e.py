@@ -42,7 +42,6 @@ def test_mm_then_rmmd_on_the_ring():
     last = res.history[-1]
     assert last["phase"] == "rmmd" and last["state_source"] == "continuous"
     assert last["cot_norm_reward"] > 0 and last["anchor_l2"] >= 0 and last["skipped"] == 0.0
-    assert res.seconds < 110
 
 
 def test_analytic_teacher_is_the_posterior_mean():
