@@ -248,19 +248,38 @@ class Denoiser(nn.Module):
             out = out.to(z.dtype)
         return to_x0(out, z, a, s, self.prediction, **extra)
 
+    def _plain_copy(self) -> "Denoiser":
+        # Copy the user's module, not its DDP / torch.compile wrapper: a DDP wrapper holds a process
+        # group and a reducer, which a frozen or extra copy must not share or re-create.
+        inner = unwrap(self.net)
+        return copy.deepcopy(self, memo={id(self.net): copy.deepcopy(inner)} if inner is not self.net else None)
+
     def frozen_copy(self) -> "Denoiser":
-        """A deep copy in eval mode with ``requires_grad=False`` everywhere (teacher, phase-1 anchor)."""
-        c = copy.deepcopy(self)
+        """A deep copy in eval mode with ``requires_grad=False`` everywhere (teacher, phase-1 anchor).
+
+        The copy holds the unwrapped network (DDP / torch.compile wrappers are not copied)."""
+        c = self._plain_copy()
         c.requires_grad_(False).eval()
         c.calls = c.nfe = 0
         return c
 
     def trainable_copy(self) -> "Denoiser":
         """A deep copy with ``requires_grad=True`` (student / auxiliary initialised from the teacher)."""
-        c = copy.deepcopy(self)
+        c = self._plain_copy()
         c.requires_grad_(True).train()
         c.calls = c.nfe = 0
         return c
+
+
+def unwrap(module: nn.Module) -> nn.Module:
+    """The user's module inside DDP / ``torch.compile`` wrappers (whose state-dict keys carry prefixes)."""
+    while True:
+        if isinstance(module, torch.nn.parallel.DistributedDataParallel):
+            module = module.module
+        elif isinstance(getattr(module, "_orig_mod", None), nn.Module):
+            module = module._orig_mod
+        else:
+            return module
 
 
 def sch_clamp(schedule: Schedule, t: torch.Tensor) -> torch.Tensor:

@@ -115,6 +115,20 @@ class RMMD:
             self.config = self.config.replace(**config_changes)
         return self
 
+    # ------------------------------------------------------------------ checkpointing
+    def state_dict(self) -> dict:
+        """The whole training state (networks, EMA, optimisers, RNG states, counters, config, phase).
+
+        See :mod:`rmmd_core.checkpoint` for the layout; write it with :func:`rmmd_core.save_checkpoint`."""
+        from .checkpoint import engine_state_dict
+        return engine_state_dict(self)
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore :meth:`state_dict` output. Validates everything first: on a mismatched state it raises
+        :class:`~rmmd_core.checkpoint.CheckpointError` and leaves this engine untouched."""
+        from .checkpoint import load_engine_state
+        load_engine_state(self, state)
+
     # ------------------------------------------------------------------ updates
     def wants_student_update(self) -> bool:
         return self.iteration % self.config.student_update_every == 0
