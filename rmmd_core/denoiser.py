@@ -251,8 +251,11 @@ class Denoiser(nn.Module):
     def _plain_copy(self) -> "Denoiser":
         # Copy the user's module, not its DDP / torch.compile wrapper: a DDP wrapper holds a process
         # group and a reducer, which a frozen or extra copy must not share or re-create.
+        # FSDP2 modules refuse deepcopy; rmmd_core.distributed.shard_fsdp attaches a copier for them.
+        copier = getattr(self.net, "_rmmd_copier", None)
         inner = unwrap(self.net)
-        return copy.deepcopy(self, memo={id(self.net): copy.deepcopy(inner)} if inner is not self.net else None)
+        new_net = copier(self.net) if copier is not None else copy.deepcopy(inner) if inner is not self.net else None
+        return copy.deepcopy(self, memo={id(self.net): new_net} if new_net is not None else None)
 
     def frozen_copy(self) -> "Denoiser":
         """A deep copy in eval mode with ``requires_grad=False`` everywhere (teacher, phase-1 anchor).

@@ -151,15 +151,31 @@ def apply_update(loss: torch.Tensor, module: torch.nn.Module, optimizer: torch.o
     """Backward, finite check, clip, step. Returns ``(grad_norm, skipped)``.
 
     A non-finite loss or gradient leaves the weights *and* the optimiser state untouched (the
-    optimiser's ``step`` is never called) and zeroes the gradients.
+    optimiser's ``step`` is never called) and zeroes the gradients. Under DDP / FSDP the loss check
+    is agreed across ranks (one rank skipping backward alone would hang the others' gradient
+    all-reduce); the gradient norm is already global there, so that check agrees by itself.
     """
     optimizer.zero_grad(set_to_none=True)
-    if not bool(torch.isfinite(loss.detach()).all()):
+    if not finite_on_all_ranks(loss, module):
         return float("nan"), True
     loss.backward()
+    return finish_update(module, optimizer, grad_clip)
+
+
+def finite_on_all_ranks(loss: torch.Tensor, module: torch.nn.Module) -> bool:
+    """``loss`` is finite here and, for a DDP/FSDP-wrapped ``module``, on every rank of its group."""
+    from .distributed import all_ranks_true  # local import: distributed.py imports this module
+    return all_ranks_true(bool(torch.isfinite(loss.detach()).all()), module, loss.device)
+
+
+def finish_update(module: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                  grad_clip: float | None) -> tuple[float, bool]:
+    """After backward: global grad norm, clip, skip on a non-finite norm, else ``optimizer.step()``."""
     params = [p for p in module.parameters() if p.grad is not None]
     norm = torch.nn.utils.clip_grad_norm_(params, grad_clip if grad_clip is not None else math.inf,
                                           error_if_nonfinite=False) if params else torch.zeros(())
+    if hasattr(norm, "full_tensor"):  # FSDP2: a DTensor holding the (already global) norm
+        norm = norm.full_tensor()
     norm = float(norm)
     if not math.isfinite(norm):
         optimizer.zero_grad(set_to_none=True)
