@@ -19,7 +19,7 @@ import math
 import torch
 
 from .config import RMMDConfig
-from .denoiser import Denoiser
+from .denoiser import Denoiser, check_autocast
 from .rewards import Reward, as_reward
 
 
@@ -52,6 +52,10 @@ class RMMD:
         seed: seed of the engine's own generator (start noise, times, Philox seeds).
         backend: fused-op backend (``None`` = ``RMMD_CORE_BACKEND`` or automatic).
         dtype: dtype of the noise the engine draws (default float32).
+        autocast: mixed precision for every network call: ``torch.bfloat16`` (or ``torch.float16``)
+            sets :attr:`Denoiser.autocast` on the teacher, student, auxiliary, EMA and frozen copies
+            (copies made later inherit it). Weights, optimiser state, losses and the posterior step
+            stay in fp32. None (default) leaves each Denoiser's own setting.
     """
 
     def __init__(self, teacher: Denoiser, student: Denoiser | None = None, auxiliary: Denoiser | None = None, *,
@@ -59,7 +63,7 @@ class RMMD:
                  student_optimizer: torch.optim.Optimizer | None = None,
                  aux_optimizer: torch.optim.Optimizer | None = None, anchor: Denoiser | None = None,
                  frozen_auxiliary: Denoiser | None = None, seed: int = 0, backend: str | None = None,
-                 dtype: torch.dtype = torch.float32):
+                 dtype: torch.dtype = torch.float32, autocast: torch.dtype | None = None):
         for name, d in (("teacher", teacher), ("student", student), ("auxiliary", auxiliary), ("anchor", anchor),
                         ("frozen_auxiliary", frozen_auxiliary)):
             if d is not None and not isinstance(d, Denoiser):
@@ -91,6 +95,11 @@ class RMMD:
         self.dtype = dtype
         self.generator = torch.Generator(device=self.device).manual_seed(int(seed))
         self.backend = backend
+        if autocast is not None:
+            check_autocast(autocast)
+            for den in (self.teacher, self.student, self.auxiliary, self.anchor, self.frozen_aux, self.ema):
+                if den is not None:
+                    den.autocast = autocast
         self.iteration = 0
         self.student_updates = 0
         self.skipped_updates = 0
