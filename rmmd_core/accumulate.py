@@ -16,7 +16,7 @@ import math
 from collections.abc import Mapping, Sequence
 
 from .distributed import gradient_sync
-from .engine import RMMD, finish_update, finite_on_all_ranks
+from .engine import RMMD, discard_backward, finish_update, finite_on_all_ranks
 from .step import losses
 
 _LOSS_KWARGS = ("data", "cond", "batch_size", "generator")
@@ -72,6 +72,7 @@ def accumulate_step(engine: RMMD, micro_batches: Sequence[Mapping]) -> dict:
             # collective under DDP/FSDP: every rank stops at the same micro-batch
             if not (finite_on_all_ranks(loss, engine.student.net) and finite_on_all_ranks(loss, engine.auxiliary.net)):
                 finite = False
+                discard_backward(loss, engine.student.net)  # completes DDP/FSDP hooks; grads zeroed below
                 break
             loss.backward()
         per_mb.append((share, out.metrics))

@@ -120,26 +120,48 @@ def _check_optimizer(where: str, saved, optimizer: torch.optim.Optimizer) -> Non
                                       f"the parameter has {tuple(p.shape)}")
 
 
-def validate_state(engine, state) -> None:
-    """Raise :class:`CheckpointError` unless ``state`` can be loaded into ``engine`` without failing."""
+def _read_config(state):
     from .config import RMMDConfig
+    try:
+        return RMMDConfig(**{**state["config"], "betas": tuple(state["config"]["betas"])})
+    except (TypeError, ValueError, KeyError) as e:
+        raise CheckpointError(f"checkpoint config is invalid: {e}") from e
 
+
+def validate_meta(engine, state, required=("config", "phase", "generator", "rng", "counters")) -> None:
+    """Check the non-network part of ``state``: format, version, config, phase, RNG states, counters."""
     if not isinstance(state, Mapping) or state.get("format") != FORMAT:
         raise CheckpointError("not an rmmd_core checkpoint (missing format marker "
                               f"{FORMAT!r}; got {type(state).__name__})")
     if state.get("version") != FORMAT_VERSION:
         raise CheckpointError(f"checkpoint format version {state.get('version')!r} is not supported "
                               f"(this rmmd_core reads version {FORMAT_VERSION})")
-    required = ("config", "phase", *_NETS, "student_optimizer", "aux_optimizer", "generator", "rng", "counters")
     missing = [k for k in required if k not in state]
     if missing:
         raise CheckpointError(f"checkpoint lacks entries {missing}")
-    try:
-        cfg = RMMDConfig(**{**state["config"], "betas": tuple(state["config"]["betas"])})
-    except (TypeError, ValueError, KeyError) as e:
-        raise CheckpointError(f"checkpoint config is invalid: {e}") from e
+    _read_config(state)
     if state["phase"] not in ("mm", "rmmd"):
         raise CheckpointError(f"checkpoint phase {state['phase']!r} is not 'mm' or 'rmmd'")
+    gen = state["generator"]
+    ref = engine.generator.get_state()
+    if not isinstance(gen, torch.Tensor) or gen.shape != ref.shape or gen.dtype != ref.dtype:
+        raise CheckpointError("checkpoint generator state does not fit the engine's generator "
+                              f"(device {engine.generator.device})")
+    rng = state["rng"]
+    cpu = rng.get("torch_cpu") if isinstance(rng, Mapping) else None
+    if not isinstance(cpu, torch.Tensor) or cpu.shape != torch.get_rng_state().shape:
+        raise CheckpointError("checkpoint lacks a valid torch CPU RNG state")
+    counters = state["counters"]
+    if not isinstance(counters, Mapping) or any(
+            not isinstance(counters.get(k), int) or counters[k] < 0 for k in _COUNTERS):
+        raise CheckpointError(f"checkpoint counters must be non-negative integers {_COUNTERS}, got {counters!r}")
+
+
+def validate_state(engine, state) -> None:
+    """Raise :class:`CheckpointError` unless ``state`` can be loaded into ``engine`` without failing."""
+    validate_meta(engine, state, required=("config", "phase", *_NETS, "student_optimizer", "aux_optimizer",
+                                           "generator", "rng", "counters"))
+    cfg = _read_config(state)
     student_sd = unwrap(engine.student.net).state_dict()
     _check_tensors("student", state["student"] or {}, student_sd)
     _check_tensors("auxiliary", state["auxiliary"] or {}, unwrap(engine.auxiliary.net).state_dict())
@@ -156,28 +178,13 @@ def validate_state(engine, state) -> None:
         _check_tensors("ema", state["ema"], student_sd)
     _check_optimizer("student_optimizer", state["student_optimizer"], engine.student_optimizer)
     _check_optimizer("aux_optimizer", state["aux_optimizer"], engine.aux_optimizer)
-    gen = state["generator"]
-    ref = engine.generator.get_state()
-    if not isinstance(gen, torch.Tensor) or gen.shape != ref.shape or gen.dtype != ref.dtype:
-        raise CheckpointError("checkpoint generator state does not fit the engine's generator "
-                              f"(device {engine.generator.device})")
-    rng = state["rng"]
-    cpu = rng.get("torch_cpu") if isinstance(rng, Mapping) else None
-    if not isinstance(cpu, torch.Tensor) or cpu.shape != torch.get_rng_state().shape:
-        raise CheckpointError("checkpoint lacks a valid torch CPU RNG state")
-    counters = state["counters"]
-    if not isinstance(counters, Mapping) or any(
-            not isinstance(counters.get(k), int) or counters[k] < 0 for k in _COUNTERS):
-        raise CheckpointError(f"checkpoint counters must be non-negative integers {_COUNTERS}, got {counters!r}")
 
 
 # ---------------------------------------------------------------------- loading
 def load_engine_state(engine, state) -> None:
     """Validate ``state`` (see :func:`validate_state`), then restore every entry into ``engine``."""
-    from .config import RMMDConfig
-
     validate_state(engine, state)
-    cfg = RMMDConfig(**{**state["config"], "betas": tuple(state["config"]["betas"])})
+    cfg = _read_config(state)
     if state["phase"] == "rmmd":
         anchor = engine.anchor if engine.anchor is not None else engine.student.frozen_copy()
         frozen_aux = engine.frozen_aux if engine.frozen_aux is not None else engine.auxiliary.frozen_copy()

@@ -38,7 +38,7 @@ from torch import nn
 from .denoiser import Denoiser
 
 __all__ = ["is_distributed", "rank_seed", "wrap_ddp", "shard_fsdp", "reduce_metrics", "all_ranks_true",
-           "is_sharded", "gradient_sync"]
+           "is_sharded", "is_wrapped", "gradient_sync"]
 
 
 def is_distributed() -> bool:
@@ -68,7 +68,8 @@ def is_sharded(module: nn.Module) -> bool:
     return any(isinstance(m, FSDPModule) for m in module.modules())
 
 
-def _is_wrapped(module: nn.Module) -> bool:
+def is_wrapped(module: nn.Module) -> bool:
+    """``module`` is (or contains) a DDP or FSDP2 module."""
     return any(isinstance(m, nn.parallel.DistributedDataParallel) for m in module.modules()) or is_sharded(module)
 
 
@@ -78,7 +79,7 @@ def all_ranks_true(flag: bool, module: nn.Module | None = None, device=None) -> 
     For unwrapped modules (or a single process) it returns ``flag`` without communicating: every
     rank then decides on its own, and nothing can hang.
     """
-    if not is_distributed() or (module is not None and not _is_wrapped(module)):
+    if not is_distributed() or (module is not None and not is_wrapped(module)):
         return flag
     if dist.get_backend() == "nccl":
         device = torch.device("cuda", torch.cuda.current_device())
@@ -100,7 +101,7 @@ def wrap_ddp(engine, **ddp_kwargs) -> None:
                            "(torch.distributed.init_process_group, launched by torchrun)")
     for name in ("student", "auxiliary"):
         den: Denoiser = getattr(engine, name)
-        if _is_wrapped(den.net):
+        if is_wrapped(den.net):
             raise ValueError(f"engine.{name}.net is already wrapped in DDP/FSDP")
         den.net = nn.parallel.DistributedDataParallel(den.net, **ddp_kwargs)
 
@@ -173,7 +174,7 @@ def shard_fsdp(engine, *, policy: Callable[[nn.Module], bool] | None = None, sha
     for name, den in nets:
         if den is None:
             continue
-        if _is_wrapped(den.net):
+        if is_wrapped(den.net):
             raise ValueError(f"engine.{name}.net is already wrapped in DDP/FSDP")
         skeleton = copy.deepcopy(den.net).to("meta")
         den.net = _shard(den.net, policy, **fsdp_kwargs)

@@ -118,7 +118,23 @@ def distributed(mode, path):
     skipped = [step(eng, **bad)["skipped"]]
     skipped.append(accumulate_step(eng, [shard(1, r), bad])["skipped"])  # NaN in rank 1's 2nd micro-batch
     unchanged = max(float((a - b).abs().max()) for a, b in zip(full_state(eng).values(), state.values())) == 0
-    result = {"state": state, "metrics": metrics, "nan_skipped": skipped, "nan_unchanged": unchanged}
+    # (the NaN steps above also check that a skipped step leaves DDP/FSDP able to continue exactly)
+    # distributed checkpoint round trip into a freshly built and wrapped engine (DDP: one file; FSDP: DCP)
+    from rmmd_core.dist_checkpoint import load_distributed, save_distributed
+    ckpt = path + (".ckpt.pt" if mode == "ddp" else ".dcp")
+    save_distributed(eng, ckpt)
+    fresh = build()
+    wrap_ddp(fresh) if mode == "ddp" else shard_fsdp(fresh, optimizer_factory=sgd)
+    load_distributed(fresh, ckpt)
+    roundtrip = (fresh.phase == "rmmd" and fresh.iteration == eng.iteration
+                 and torch.equal(fresh.generator.get_state(), eng.generator.get_state())
+                 and all(torch.equal(a, b) for a, b in zip(full_state(fresh).values(), full_state(eng).values())))
+    # and both continue identically (optimiser state and per-rank noise restored)
+    step(eng, **shard(7, r)), step(fresh, **shard(7, r))
+    roundtrip = roundtrip and all(torch.equal(a, b) for a, b in zip(full_state(fresh).values(),
+                                                                    full_state(eng).values()))
+    result = {"state": state, "metrics": metrics, "nan_skipped": skipped, "nan_unchanged": unchanged,
+              "roundtrip": roundtrip}
     torch.save(result, path if r == 0 else path + ".rank1")  # every rank's copy is checked
     dist.destroy_process_group()
 
