@@ -53,12 +53,15 @@ def _net_state(den) -> dict | None:
     return None if den is None else unwrap(den.net).state_dict()
 
 
-def _engine_attr(name: str) -> str:
-    return "frozen_aux" if name == "frozen_aux" else name
+def _refuse_sharded(engine, what: str) -> None:
+    from .distributed import is_sharded  # local: distributed.py imports the engine, which imports us lazily
+    if any(d is not None and is_sharded(d.net) for d in (engine.student, engine.auxiliary)):
+        raise RuntimeError(f"{what}: the engine is FSDP-sharded (each rank holds only its shards); use "
+                           "rmmd_core.dist_checkpoint.save_distributed / load_distributed")
 
 
-def engine_state_dict(engine) -> dict:
-    """The whole training state of ``engine`` as a dict of tensors and plain values (see module doc)."""
+def engine_meta(engine) -> dict:
+    """The non-network part of the state: format, config, phase, RNG states, counters."""
     rng = {"torch_cpu": torch.get_rng_state()}
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         rng["torch_cuda"] = torch.cuda.get_rng_state_all()
@@ -67,12 +70,20 @@ def engine_state_dict(engine) -> dict:
         "version": FORMAT_VERSION,
         "config": engine.config.to_dict(),
         "phase": engine.phase,
-        **{name: _net_state(getattr(engine, _engine_attr(name))) for name in _NETS},
-        "student_optimizer": engine.student_optimizer.state_dict(),
-        "aux_optimizer": engine.aux_optimizer.state_dict(),
         "generator": engine.generator.get_state(),
         "rng": rng,
         "counters": {k: int(getattr(engine, k)) for k in _COUNTERS},
+    }
+
+
+def engine_state_dict(engine) -> dict:
+    """The whole training state of ``engine`` as a dict of tensors and plain values (see module doc)."""
+    _refuse_sharded(engine, "state_dict")
+    return {
+        **engine_meta(engine),
+        **{name: _net_state(getattr(engine, name)) for name in _NETS},
+        "student_optimizer": engine.student_optimizer.state_dict(),
+        "aux_optimizer": engine.aux_optimizer.state_dict(),
     }
 
 
@@ -183,6 +194,7 @@ def validate_state(engine, state) -> None:
 # ---------------------------------------------------------------------- loading
 def load_engine_state(engine, state) -> None:
     """Validate ``state`` (see :func:`validate_state`), then restore every entry into ``engine``."""
+    _refuse_sharded(engine, "load_state_dict")
     validate_state(engine, state)
     cfg = _read_config(state)
     if state["phase"] == "rmmd":

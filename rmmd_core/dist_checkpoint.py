@@ -23,7 +23,7 @@ import os
 import torch
 import torch.distributed as dist
 
-from .checkpoint import (CheckpointError, _read_config, atomic_save, engine_state_dict, load_engine_state,
+from .checkpoint import (CheckpointError, _read_config, atomic_save, engine_meta, engine_state_dict, load_engine_state,
                          read_checkpoint, validate_meta)
 from .distributed import is_distributed, is_sharded
 
@@ -103,9 +103,7 @@ def _save_sharded(engine, root: str) -> None:
     dcp.save(sd, checkpoint_id=target)
     rng = _gather_rng(engine)
     if dist.get_rank() == 0:
-        meta = engine_state_dict(engine)
-        for k in (*_SHARDED_NETS, "student_optimizer", "aux_optimizer"):
-            meta[k] = None  # in the DCP shards
+        meta = engine_meta(engine)  # networks and optimisers are in the DCP shards
         meta["per_rank_rng"] = rng
         atomic_save(meta, os.path.join(target, META))
         # the pointer moves only once shards and metadata are complete

@@ -17,6 +17,7 @@ from rmmd_core.accumulate import accumulate_step
 from rmmd_core.toy import MLPNet
 
 B, W, ITERS = 4, 2, 5
+SHARDED = ("teacher", "student", "auxiliary", "ema", "anchor", "frozen_aux")
 LR = 0.05
 
 
@@ -85,7 +86,7 @@ def reference():
 
 def distributed(mode, path):
     import torch.distributed as dist
-    from rmmd_core.distributed import reduce_metrics, shard_fsdp, wrap_ddp
+    from rmmd_core.distributed import is_sharded, reduce_metrics, shard_fsdp, wrap_ddp
 
     dist.init_process_group("gloo")
     r = dist.get_rank()
@@ -94,7 +95,7 @@ def distributed(mode, path):
     if mode == "ddp":
         wrap_ddp(eng)
     else:
-        shard_fsdp(eng, optimizer_factory=sgd)
+        shard_fsdp(eng, optimizer_factory=sgd, shard_teacher=True)  # the frozen teacher sharded too
     metrics = []
 
     def it(eng, i):
@@ -134,7 +135,7 @@ def distributed(mode, path):
     roundtrip = roundtrip and all(torch.equal(a, b) for a, b in zip(full_state(fresh).values(),
                                                                     full_state(eng).values()))
     result = {"state": state, "metrics": metrics, "nan_skipped": skipped, "nan_unchanged": unchanged,
-              "roundtrip": roundtrip}
+              "roundtrip": roundtrip, "sharded": [is_sharded(getattr(eng, k).net) for k in SHARDED]}
     torch.save(result, path if r == 0 else path + ".rank1")  # every rank's copy is checked
     dist.destroy_process_group()
 

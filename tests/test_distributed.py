@@ -55,6 +55,8 @@ def check(mode, tmp_path, reference):
         assert res["nan_skipped"] == [1.0, 1.0] and res["nan_unchanged"]
         # save_distributed / load_distributed into a fresh wrapped engine: same state, same next step
         assert res["roundtrip"]
+        # FSDP2: everything sharded, the frozen teacher too (shard_teacher=True); DDP: nothing is
+        assert res["sharded"] == [mode == "fsdp"] * 6
 
 
 def test_ddp_matches_single_process(tmp_path, reference):
