@@ -25,6 +25,7 @@ from .step import StepLosses, losses, step
 __all__ = [
     "Denoiser", "RMMD", "RMMDConfig", "step", "losses", "StepLosses", "sample", "SampleResult", "time_grid",
     "posterior_coefficients", "Schedule", "VPCosine", "VPLinear", "EDM", "RectifiedFlow", "DiscreteVP",
-    "get_schedule", "Reward", "save_checkpoint", "load_checkpoint", "CheckpointError", "GrayscaleReward", "LaplacianReward", "as_reward", "ops",
+    "get_schedule", "Reward", "GrayscaleReward", "LaplacianReward", "as_reward", "ops",
+    "save_checkpoint", "load_checkpoint", "CheckpointError",
 ]
 __version__ = "0.1.0"

@@ -188,7 +188,7 @@ def discard_backward(loss: torch.Tensor, module: torch.nn.Module) -> None:
 
 def finite_on_all_ranks(loss: torch.Tensor, module: torch.nn.Module) -> bool:
     """``loss`` is finite here and, for a DDP/FSDP-wrapped ``module``, on every rank of its group."""
-    from .distributed import all_ranks_true  # local import: distributed.py imports this module
+    from .distributed import all_ranks_true  # local import: keeps torch.distributed out of engine import
     return all_ranks_true(bool(torch.isfinite(loss.detach()).all()), module, loss.device)
 
 
