@@ -14,6 +14,8 @@ import torch
 
 from rmmd_core import RMMD, Denoiser, RMMDConfig, losses, step
 from rmmd_core.accumulate import accumulate_step
+from rmmd_core.activation import checkpoint_activations
+from rmmd_core.denoiser import unwrap
 from rmmd_core.toy import MLPNet
 
 B, W, ITERS = 4, 2, 5
@@ -95,7 +97,12 @@ def distributed(mode, path):
     if mode == "ddp":
         wrap_ddp(eng)
     else:
+        # FSDP2 combined with activation checkpointing of the trained networks' bodies
+        for den in (eng.student, eng.auxiliary):
+            checkpoint_activations(den.net, lambda m, body=den.net.body: m is body)
         shard_fsdp(eng, optimizer_factory=sgd, shard_teacher=True)  # the frozen teacher sharded too
+    grad_calls = []  # forwards of the student's first layer with grad on: 2 per update when recomputed
+    unwrap(eng.student.net).body[0].register_forward_hook(lambda *a: grad_calls.append(torch.is_grad_enabled()))
     metrics = []
 
     def it(eng, i):
@@ -111,6 +118,7 @@ def distributed(mode, path):
             metrics.append(reduce_metrics(step(eng, **mb)))
     schedule(eng, it)
     state = full_state(eng)
+    recomputed = sum(grad_calls)
     # a NaN in rank 1's data only: every rank must skip (no rank left waiting in an all-reduce)
     bad = shard(0, r)
     if r == 1:
@@ -135,7 +143,8 @@ def distributed(mode, path):
     roundtrip = roundtrip and all(torch.equal(a, b) for a, b in zip(full_state(fresh).values(),
                                                                     full_state(eng).values()))
     result = {"state": state, "metrics": metrics, "nan_skipped": skipped, "nan_unchanged": unchanged,
-              "roundtrip": roundtrip, "sharded": [is_sharded(getattr(eng, k).net) for k in SHARDED]}
+              "roundtrip": roundtrip, "sharded": [is_sharded(getattr(eng, k).net) for k in SHARDED],
+              "grad_calls": recomputed}
     torch.save(result, path if r == 0 else path + ".rank1")  # every rank's copy is checked
     dist.destroy_process_group()
 

@@ -2,7 +2,8 @@
 
 See tests/_dist_worker.py for how the two sides see identical samples and noise. Five iterations
 cover phase 1 off-policy and on-policy, start_phase2 under wrapping (FSDP2: the sharded copier),
-phase 2 with reward + anchor, and the loss-only API with the trainer's own backward.
+phase 2 with reward + anchor, and the loss-only API with the trainer's own backward. The FSDP2 run
+also shards the frozen teacher and activation-checkpoints the student and auxiliary.
 """
 import os
 import subprocess
@@ -57,6 +58,9 @@ def check(mode, tmp_path, reference):
         assert res["roundtrip"]
         # FSDP2: everything sharded, the frozen teacher too (shard_teacher=True); DDP: nothing is
         assert res["sharded"] == [mode == "fsdp"] * 6
+        # 5 student updates: one differentiable forward each, plus its recomputation under FSDP2
+        # (activation checkpointing on) -- and still the single-process result above
+        assert res["grad_calls"] == (10 if mode == "fsdp" else 5)
 
 
 def test_ddp_matches_single_process(tmp_path, reference):
