@@ -4,6 +4,7 @@ Public API::
 
     Denoiser            wrap any nn.Module (UNet, DiT, MLP) + schedule + prediction type as x̂(z, t, cond)
     RMMD, RMMDConfig    the training state of a run and its configuration
+    save_checkpoint / load_checkpoint   atomic write / validated restore of the whole training state
     step(engine, ...)   one full iteration (losses, backward, finite checks, optimiser steps, EMA)
     losses(engine, ...) the same computation as tensors, for trainers that own backward/optimisers
     sample(den, ...)    K-step posterior / DDIM(eta) sampling with NFE reporting
@@ -12,6 +13,7 @@ Public API::
 Math: shared/docs/method.md (sections a-c, "Project defaults").
 """
 from . import ops  # loads the C++ extension if built and registers the torch.library ops
+from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .config import RMMDConfig
 from .denoiser import Denoiser
 from .engine import RMMD
@@ -24,5 +26,6 @@ __all__ = [
     "Denoiser", "RMMD", "RMMDConfig", "step", "losses", "StepLosses", "sample", "SampleResult", "time_grid",
     "posterior_coefficients", "Schedule", "VPCosine", "VPLinear", "EDM", "RectifiedFlow", "DiscreteVP",
     "get_schedule", "Reward", "GrayscaleReward", "LaplacianReward", "as_reward", "ops",
+    "save_checkpoint", "load_checkpoint", "CheckpointError",
 ]
 __version__ = "0.1.0"

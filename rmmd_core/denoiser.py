@@ -97,6 +97,10 @@ class Denoiser(nn.Module):
         null_cond: unconditional conditioning for classifier-free guidance: a dict / tensor with the
             same batch as ``cond``, or a callable ``cond -> null cond``. Needed only when guidance is used.
         guidance_scale: default CFG scale ``w``: ``x̂ = x̂_c + w (x̂_c - x̂_u)``; None or 0 = unguided.
+        autocast: run the network under ``torch.autocast(dtype=autocast)`` (``torch.bfloat16`` or
+            ``torch.float16``); None (default) runs it in its own precision. Weights stay as they are
+            (fp32 master weights for the optimiser); the output is cast back to ``z``'s dtype before
+            the x̂ conversion, so losses, cotangents and the fused ops stay in fp32.
 
     Forward:
         z: ``(B, ...)`` noisy input; t: ``(B,)`` or scalar continuous time; cond: dict / tensor / None.
@@ -119,6 +123,7 @@ class Denoiser(nn.Module):
         cond_key: str | None = None,
         null_cond: Cond | Callable = None,
         guidance_scale: float | None = None,
+        autocast: torch.dtype | None = None,
     ):
         super().__init__()
         if not isinstance(net, nn.Module):
@@ -143,6 +148,7 @@ class Denoiser(nn.Module):
         if guidance_scale is not None and guidance_scale < 0:
             raise ValueError(f"guidance_scale must be >= 0, got {guidance_scale}")
         self.guidance_scale = guidance_scale
+        self.autocast = check_autocast(autocast)
         self.calls = 0
         self.nfe = 0
 
@@ -164,6 +170,12 @@ class Denoiser(nn.Module):
         return sch.log_snr(t)  # 'log_snr'
 
     def _call_net(self, z_in: torch.Tensor, t_in: torch.Tensor, cond: Cond) -> torch.Tensor:
+        if self.autocast is not None:
+            with torch.autocast(z_in.device.type, dtype=self.autocast):
+                return self._call_net_raw(z_in, t_in, cond)
+        return self._call_net_raw(z_in, t_in, cond)
+
+    def _call_net_raw(self, z_in: torch.Tensor, t_in: torch.Tensor, cond: Cond) -> torch.Tensor:
         if cond is None:
             out = self.net(z_in, t_in)
         elif isinstance(cond, torch.Tensor):
@@ -248,19 +260,51 @@ class Denoiser(nn.Module):
             out = out.to(z.dtype)
         return to_x0(out, z, a, s, self.prediction, **extra)
 
+    def _plain_copy(self) -> "Denoiser":
+        # Copy the user's module, not its DDP / torch.compile wrapper: a DDP wrapper holds a process
+        # group and a reducer, which a frozen or extra copy must not share or re-create.
+        # FSDP2 modules refuse deepcopy; rmmd_core.distributed.shard_fsdp attaches a copier for them.
+        copier = getattr(self.net, "_rmmd_copier", None)
+        inner = unwrap(self.net)
+        new_net = copier(self.net) if copier is not None else copy.deepcopy(inner) if inner is not self.net else None
+        return copy.deepcopy(self, memo={id(self.net): new_net} if new_net is not None else None)
+
     def frozen_copy(self) -> "Denoiser":
-        """A deep copy in eval mode with ``requires_grad=False`` everywhere (teacher, phase-1 anchor)."""
-        c = copy.deepcopy(self)
+        """A deep copy in eval mode with ``requires_grad=False`` everywhere (teacher, phase-1 anchor).
+
+        The copy holds the unwrapped network (DDP / torch.compile wrappers are not copied)."""
+        c = self._plain_copy()
         c.requires_grad_(False).eval()
         c.calls = c.nfe = 0
         return c
 
     def trainable_copy(self) -> "Denoiser":
         """A deep copy with ``requires_grad=True`` (student / auxiliary initialised from the teacher)."""
-        c = copy.deepcopy(self)
+        c = self._plain_copy()
         c.requires_grad_(True).train()
         c.calls = c.nfe = 0
         return c
+
+
+AUTOCAST_DTYPES = (torch.bfloat16, torch.float16)
+
+
+def check_autocast(dtype) -> torch.dtype | None:
+    """Validate an ``autocast`` argument: None, ``torch.bfloat16`` or ``torch.float16``."""
+    if dtype is not None and dtype not in AUTOCAST_DTYPES:
+        raise ValueError(f"autocast must be None, torch.bfloat16 or torch.float16, got {dtype!r}")
+    return dtype
+
+
+def unwrap(module: nn.Module) -> nn.Module:
+    """The user's module inside DDP / ``torch.compile`` wrappers (whose state-dict keys carry prefixes)."""
+    while True:
+        if isinstance(module, torch.nn.parallel.DistributedDataParallel):
+            module = module.module
+        elif isinstance(getattr(module, "_orig_mod", None), nn.Module):
+            module = module._orig_mod
+        else:
+            return module
 
 
 def sch_clamp(schedule: Schedule, t: torch.Tensor) -> torch.Tensor:
