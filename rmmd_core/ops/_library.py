@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["op_defined", "registered_ops"]
+__all__ = ["op_defined", "register_op", "registered_ops"]
 
 _POSTERIOR_STEP = "rmmd_core::posterior_step"
 _POSTERIOR_STEP_TRITON = "rmmd_core::posterior_step_triton"
@@ -78,19 +78,20 @@ def _posterior_step_backward(ctx, grad):
     return grad_z, grad_x, None, None, None, None, None
 
 
-def _register() -> tuple[str, ...]:
+def register_op(op: str, op_triton: str, fake, backward, setup_context) -> tuple[str, ...]:
+    """Register ``fake`` for the C++ op ``op`` and the same autograd formula on it and on its
+    ``triton_op`` twin ``op_triton`` (which traces its own launcher for fakes). Ops missing from this
+    build are skipped. Returns what was registered (for ``python -c`` diagnostics and tests)."""
     done = []
-    if op_defined(_POSTERIOR_STEP):
-        torch.library.register_fake(_POSTERIOR_STEP, _posterior_step_fake)
-        torch.library.register_autograd(_POSTERIOR_STEP, _posterior_step_backward,
-                                        setup_context=_posterior_step_setup_context)
-        done.append(_POSTERIOR_STEP)
-    if op_defined(_POSTERIOR_STEP_TRITON):
-        # triton_ops trace their own Python launcher for fakes; only the gradient is added here.
-        torch.library.register_autograd(_POSTERIOR_STEP_TRITON, _posterior_step_backward,
-                                        setup_context=_posterior_step_setup_context)
-        done.append(_POSTERIOR_STEP_TRITON)
+    if op_defined(op):
+        torch.library.register_fake(op, fake)
+        done.append(op)
+    for qualname in (op, op_triton):
+        if op_defined(qualname):
+            torch.library.register_autograd(qualname, backward, setup_context=setup_context)
+            done.append(qualname + " (autograd)")
     return tuple(done)
 
 
-registered_ops: tuple[str, ...] = _register()
+registered_ops: tuple[str, ...] = register_op(_POSTERIOR_STEP, _POSTERIOR_STEP_TRITON, _posterior_step_fake,
+                                              _posterior_step_backward, _posterior_step_setup_context)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 
 from . import dispatch
-from ._library import op_defined
+from ._library import register_op
 from .reference import aux_loss_ref
 
 __all__ = ["aux_loss"]
@@ -123,16 +123,4 @@ def _backward(ctx, grad_loss, grad_grad):
     return d_o.to(o.dtype), d_x.to(o.dtype), d_m.to(o.dtype), d_w.to(w.dtype)
 
 
-def _register() -> tuple[str, ...]:
-    done = []
-    if op_defined(_OP):
-        torch.library.register_fake(_OP, _fake)
-        done.append(_OP)
-    for qualname in (_OP, _OP_TRITON):
-        if op_defined(qualname):
-            torch.library.register_autograd(qualname, _backward, setup_context=_setup_context)
-            done.append(qualname + " (autograd)")
-    return tuple(done)
-
-
-registered_ops: tuple[str, ...] = _register()
+registered_ops: tuple[str, ...] = register_op(_OP, _OP_TRITON, _fake, _backward, _setup_context)

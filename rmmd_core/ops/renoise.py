@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 
 from . import dispatch
-from ._library import op_defined
+from ._library import register_op
 from .dispatch import _check_int
 from .reference import renoise_ref
 
@@ -96,16 +96,4 @@ def _backward(ctx, grad):
     return (grad.to(opmath) * alpha.to(opmath).reshape(shape)).to(grad.dtype), None, None, None, None
 
 
-def _register() -> tuple[str, ...]:
-    done = []
-    if op_defined(_OP):
-        torch.library.register_fake(_OP, _fake)
-        done.append(_OP)
-    for qualname in (_OP, _OP_TRITON):
-        if op_defined(qualname):
-            torch.library.register_autograd(qualname, _backward, setup_context=_setup_context)
-            done.append(qualname + " (autograd)")
-    return tuple(done)
-
-
-registered_ops: tuple[str, ...] = _register()
+registered_ops: tuple[str, ...] = register_op(_OP, _OP_TRITON, _fake, _backward, _setup_context)

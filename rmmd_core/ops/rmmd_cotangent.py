@@ -11,7 +11,7 @@ import math
 import torch
 
 from . import dispatch
-from ._library import op_defined
+from ._library import register_op
 from .reference import COTANGENT_STATS, rmmd_cotangent_ref
 
 __all__ = ["COTANGENT_STATS", "rmmd_cotangent"]
@@ -195,16 +195,4 @@ def _backward(ctx, grad_g, grad_stats):
             None, None, None, None, None)
 
 
-def _register() -> tuple[str, ...]:
-    done = []
-    if op_defined(_OP):
-        torch.library.register_fake(_OP, _fake)
-        done.append(_OP)
-    for qualname in (_OP, _OP_TRITON):
-        if op_defined(qualname):
-            torch.library.register_autograd(qualname, _backward, setup_context=_setup_context)
-            done.append(qualname + " (autograd)")
-    return tuple(done)
-
-
-registered_ops: tuple[str, ...] = _register()
+registered_ops: tuple[str, ...] = register_op(_OP, _OP_TRITON, _fake, _backward, _setup_context)
