@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 import time
 
 import torch
@@ -113,6 +114,12 @@ def main():
     say(f"done: {engine.iteration} iterations in {time.perf_counter() - t0:.1f}s; EMA student: "
         f"sliced W to teacher {sw:.4f}, mean reward {float(reward_right(x).mean()):+.3f} (NFE {a.num_steps})")
     dist.destroy_process_group()
+    # End the process here: letting Python free the DDP Reducer at exit can deadlock in torch's gloo
+    # teardown (~ProcessGroupGloo joins its worker thread while holding the GIL; the worker waits for
+    # the GIL to free a Python object held by its last AsyncWork). Checkpoints are written by now.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 if __name__ == "__main__":

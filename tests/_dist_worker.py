@@ -8,6 +8,7 @@ amplified the way Adam's g/sqrt(v) amplifies them near g = 0.
 
     torchrun --nproc_per_node=2 _dist_worker.py {ddp|fsdp} OUT.pt
 """
+import os
 import sys
 
 import torch
@@ -147,6 +148,12 @@ def distributed(mode, path):
               "grad_calls": recomputed}
     torch.save(result, path if r == 0 else path + ".rank1")  # every rank's copy is checked
     dist.destroy_process_group()
+    # End the process here: letting Python free the DDP Reducer at exit can deadlock in torch's gloo
+    # teardown (~ProcessGroupGloo joins its worker thread while holding the GIL; the worker waits for
+    # the GIL to free a Python object held by its last AsyncWork). Everything is written by now.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 if __name__ == "__main__":
