@@ -4,6 +4,9 @@
 
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include "rmmd_types.cuh"
 
 namespace rmmd {
 
@@ -39,3 +42,20 @@ struct Io<__nv_bfloat16> {
 };
 
 }  // namespace rmmd
+
+// Calls f(T{}) with T the CUDA element type of `dtype` (float, double, __half, __nv_bfloat16) and
+// returns its cudaError_t: the one place that maps RmmdDType to a template argument for every launcher.
+template <typename F>
+inline cudaError_t rmmd_dispatch_dtype(RmmdDType dtype, F&& f) {
+  switch (dtype) {
+    case RmmdDType::kFloat32:
+      return f(float{});
+    case RmmdDType::kFloat64:
+      return f(double{});
+    case RmmdDType::kFloat16:
+      return f(__half{});
+    case RmmdDType::kBFloat16:
+      return f(__nv_bfloat16{});
+  }
+  return cudaErrorInvalidValue;
+}

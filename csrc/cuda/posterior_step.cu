@@ -87,15 +87,5 @@ cudaError_t launch_typed(const PosteriorStepParams& p, cudaStream_t stream) {
 cudaError_t rmmd_launch_posterior_step(const PosteriorStepParams& params, cudaStream_t stream) {
   if (params.numel == 0) return cudaSuccess;
   if (params.numel < 0 || params.per_sample <= 0) return cudaErrorInvalidValue;
-  switch (params.dtype) {
-    case RmmdDType::kFloat32:
-      return launch_typed<float>(params, stream);
-    case RmmdDType::kFloat64:
-      return launch_typed<double>(params, stream);
-    case RmmdDType::kFloat16:
-      return launch_typed<__half>(params, stream);
-    case RmmdDType::kBFloat16:
-      return launch_typed<__nv_bfloat16>(params, stream);
-  }
-  return cudaErrorInvalidValue;
+  return rmmd_dispatch_dtype(params.dtype, [&](auto tag) { return launch_typed<decltype(tag)>(params, stream); });
 }

@@ -194,15 +194,5 @@ int64_t rmmd_cotangent_workspace_bytes(const RmmdCotangentParams& params) {
 
 cudaError_t rmmd_launch_rmmd_cotangent(const RmmdCotangentParams& params, cudaStream_t stream) {
   if (params.batch <= 0 || params.per_sample <= 0) return cudaErrorInvalidValue;
-  switch (params.dtype) {
-    case RmmdDType::kFloat32:
-      return launch_typed<float>(params, stream);
-    case RmmdDType::kFloat64:
-      return launch_typed<double>(params, stream);
-    case RmmdDType::kFloat16:
-      return launch_typed<__half>(params, stream);
-    case RmmdDType::kBFloat16:
-      return launch_typed<__nv_bfloat16>(params, stream);
-  }
-  return cudaErrorInvalidValue;
+  return rmmd_dispatch_dtype(params.dtype, [&](auto tag) { return launch_typed<decltype(tag)>(params, stream); });
 }
