@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import torch
 
+from . import _checks
+
 __all__ = ["op_defined", "register_op", "registered_ops"]
 
 _POSTERIOR_STEP = "rmmd_core::posterior_step"
 _POSTERIOR_STEP_TRITON = "rmmd_core::posterior_step_triton"
-_DATA_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 
 
 def op_defined(qualname: str) -> bool:
@@ -22,33 +23,14 @@ def op_defined(qualname: str) -> bool:
     return hasattr(getattr(torch.ops, namespace), name)
 
 
-def _check_coefficient(coef: torch.Tensor, name: str, z_t: torch.Tensor) -> None:
-    torch._check(coef.dim() == 1 and coef.shape[0] == z_t.shape[0],
-                 lambda: f"rmmd_core::posterior_step: {name} must have shape (B,) = ({z_t.shape[0]},), "
-                         f"got {tuple(coef.shape)}")
-    torch._check(coef.dtype.is_floating_point,
-                 lambda: f"rmmd_core::posterior_step: {name} must be a floating tensor, got {coef.dtype}")
-    torch._check(coef.device == z_t.device,
-                 lambda: f"rmmd_core::posterior_step: {name} is on {coef.device} but z_t is on {z_t.device}")
-
-
 def _posterior_step_fake(z_t, x_hat, A, C, gamma, seed, offset):
     # Mirrors csrc/bindings/posterior_step_checks.h; no data access.
-    torch._check(z_t.dim() >= 1, lambda: "rmmd_core::posterior_step: z_t must have a leading batch dimension")
-    torch._check(z_t.dtype in _DATA_DTYPES,
-                 lambda: f"rmmd_core::posterior_step: z_t must be float32, float64, float16 or bfloat16, "
-                         f"got {z_t.dtype}")
-    torch._check(x_hat.shape == z_t.shape,
-                 lambda: f"rmmd_core::posterior_step: x_hat has shape {tuple(x_hat.shape)} but z_t has "
-                         f"shape {tuple(z_t.shape)}")
-    torch._check(x_hat.dtype == z_t.dtype,
-                 lambda: f"rmmd_core::posterior_step: x_hat has dtype {x_hat.dtype} but z_t has dtype {z_t.dtype}")
-    torch._check(x_hat.device == z_t.device,
-                 lambda: f"rmmd_core::posterior_step: x_hat is on {x_hat.device} but z_t is on {z_t.device}")
+    _checks.fake_data("posterior_step", z_t, "z_t")
+    _checks.fake_like("posterior_step", x_hat, "x_hat", z_t, "z_t")
     for coef, name in ((A, "A"), (C, "C"), (gamma, "gamma")):
-        _check_coefficient(coef, name, z_t)
-    torch._check(seed >= 0, lambda: f"rmmd_core::posterior_step: seed must be non-negative, got {seed}")
-    torch._check(offset >= 0, lambda: f"rmmd_core::posterior_step: offset must be non-negative, got {offset}")
+        _checks.fake_per_sample("posterior_step", coef, name, z_t, "z_t")
+    _checks.fake_non_negative("posterior_step", seed, "seed")
+    _checks.fake_non_negative("posterior_step", offset, "offset")
     # new_empty, not empty_like: the kernels always return a contiguous tensor, even for strided z_t.
     return z_t.new_empty(z_t.shape)
 

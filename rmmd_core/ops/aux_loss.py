@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import torch
 
-from . import dispatch
+from . import _checks, dispatch
 from ._library import register_op
 from .reference import aux_loss_ref
 
@@ -15,33 +15,13 @@ __all__ = ["aux_loss"]
 
 _OP = "rmmd_core::aux_loss"
 _OP_TRITON = "rmmd_core::aux_loss_triton"
-_DATA_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 
 
 def _validate(o, x0, m_ref, w) -> None:
-    if not isinstance(o, torch.Tensor):
-        raise TypeError(f"o must be a torch.Tensor, got {type(o).__name__}")
-    if o.dim() < 1:
-        raise ValueError("o must have a leading batch dimension (shape (B, ...)), got a 0-d tensor")
-    if o.dtype not in _DATA_DTYPES:
-        raise TypeError(f"o must be float32, float64, float16 or bfloat16, got {o.dtype}")
+    _checks.data(o, "o")
     for name, t in (("x0", x0), ("m_ref", m_ref)):
-        if not isinstance(t, torch.Tensor):
-            raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
-        if t.shape != o.shape:
-            raise ValueError(f"{name} must have o's shape {tuple(o.shape)}, got {tuple(t.shape)}")
-        if t.dtype != o.dtype:
-            raise TypeError(f"{name} must have o's dtype {o.dtype}, got {t.dtype}")
-        if t.device != o.device:
-            raise ValueError(f"{name} must be on o's device {o.device}, got {t.device}")
-    if not isinstance(w, torch.Tensor):
-        raise TypeError(f"w must be a (B,) torch.Tensor, got {type(w).__name__}")
-    if w.dim() != 1 or w.shape[0] != o.shape[0]:
-        raise ValueError(f"w must have shape (B,) = ({o.shape[0]},), got {tuple(w.shape)}")
-    if not w.dtype.is_floating_point:
-        raise TypeError(f"w must be a floating tensor (float64 recommended), got {w.dtype}")
-    if w.device != o.device:
-        raise ValueError(f"w must be on o's device {o.device}, got {w.device}")
+        _checks.like(t, name, o, "o")
+    _checks.per_sample(w, "w", o, "o", what="a (B,) torch.Tensor")
 
 
 def aux_loss(o: torch.Tensor, x0: torch.Tensor, m_ref: torch.Tensor, w: torch.Tensor,
@@ -77,18 +57,10 @@ def aux_loss(o: torch.Tensor, x0: torch.Tensor, m_ref: torch.Tensor, w: torch.Te
 
 
 def _fake(o, x0, m_ref, w):
-    torch._check(o.dim() >= 1, lambda: "rmmd_core::aux_loss: o must have a leading batch dimension")
-    torch._check(o.dtype in _DATA_DTYPES,
-                 lambda: f"rmmd_core::aux_loss: o must be float32, float64, float16 or bfloat16, got {o.dtype}")
+    _checks.fake_data("aux_loss", o, "o")
     for name, t in (("x0", x0), ("m_ref", m_ref)):
-        torch._check(t.shape == o.shape, lambda: f"rmmd_core::aux_loss: {name} has shape {tuple(t.shape)} but o "
-                                                 f"has shape {tuple(o.shape)}")
-        torch._check(t.dtype == o.dtype, lambda: f"rmmd_core::aux_loss: {name} has dtype {t.dtype} but o has {o.dtype}")
-        torch._check(t.device == o.device, lambda: f"rmmd_core::aux_loss: {name} is on {t.device} but o is on {o.device}")
-    torch._check(w.dim() == 1 and w.shape[0] == o.shape[0],
-                 lambda: f"rmmd_core::aux_loss: w must have shape (B,) = ({o.shape[0]},), got {tuple(w.shape)}")
-    torch._check(w.dtype.is_floating_point, lambda: "rmmd_core::aux_loss: w must be a floating tensor")
-    torch._check(w.device == o.device, lambda: f"rmmd_core::aux_loss: w is on {w.device} but o is on {o.device}")
+        _checks.fake_like("aux_loss", t, name, o, "o")
+    _checks.fake_per_sample("aux_loss", w, "w", o, "o")
     opmath = torch.float64 if o.dtype == torch.float64 else torch.float32
     return o.new_empty((o.shape[0],), dtype=opmath), o.new_empty(o.shape)
 

@@ -19,13 +19,13 @@ is only ever used when asked for explicitly). Every backend answers
 
 from __future__ import annotations
 
-import operator
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 
+from . import _checks
 from ._library import op_defined
 from .reference import philox_randn_ref, posterior_step_ref
 
@@ -38,7 +38,7 @@ BACKEND_ENV = "RMMD_CORE_BACKEND"
 BACKENDS = ("reference", "cpu", "triton", "cuda")
 _AUTO_ORDER = ("cuda", "triton", "cpu", "reference")
 _OPS = ("posterior_step", "renoise", "rmmd_cotangent", "aux_loss")
-_DATA_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+_DATA_DTYPES = _checks.DATA_DTYPES  # kept: older code imports it from here
 _INSTALL_HINT = "rebuild it with `pip install --no-build-isolation -e .` from the repository root"
 
 # Set by rmmd_core/ops/__init__.py after it tried to import rmmd_core._C and rmmd_core.ops.triton.
@@ -210,43 +210,18 @@ def resolve_backend(op: str, *tensors: torch.Tensor, backend: str | None = None)
     return choice
 
 
-def _check_int(value, name: str, upper: int | None = None) -> int:
-    if isinstance(value, bool):
-        raise TypeError(f"{name} must be an int, got bool")
-    try:
-        value = operator.index(value)
-    except TypeError:
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}") from None
-    if value < 0:
-        raise ValueError(f"{name} must be non-negative, got {value}")
-    if upper is not None and value >= upper:
-        raise ValueError(f"{name} must be < {upper}, got {value}")
-    return value
+# Kept under its old name: other modules (and branches) import it from here.
+_check_int = _checks.integer
 
 
 def _validate_posterior_step(z_t, x_hat, A, C, gamma, seed, offset) -> tuple[int, int]:
-    for name, t in (("z_t", z_t), ("x_hat", x_hat), ("A", A), ("C", C), ("gamma", gamma)):
-        if not isinstance(t, torch.Tensor):
-            raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
-    if z_t.dim() < 1:
-        raise ValueError("z_t must have a leading batch dimension (shape (B, ...)), got a 0-d tensor")
-    if z_t.dtype not in _DATA_DTYPES:
-        raise TypeError(f"z_t must be float32, float64, float16 or bfloat16, got {z_t.dtype}")
-    if x_hat.shape != z_t.shape:
-        raise ValueError(f"x_hat must have z_t's shape {tuple(z_t.shape)}, got {tuple(x_hat.shape)}")
-    if x_hat.dtype != z_t.dtype:
-        raise TypeError(f"x_hat must have z_t's dtype {z_t.dtype}, got {x_hat.dtype}")
-    if x_hat.device != z_t.device:
-        raise ValueError(f"x_hat must be on z_t's device {z_t.device}, got {x_hat.device}")
-    batch = z_t.shape[0]
+    for name, t in (("x_hat", x_hat), ("A", A), ("C", C), ("gamma", gamma)):
+        _checks.tensor(t, name)
+    _checks.data(z_t, "z_t")
+    _checks.like(x_hat, "x_hat", z_t, "z_t")
     for name, coef in (("A", A), ("C", C), ("gamma", gamma)):
-        if coef.dim() != 1 or coef.shape[0] != batch:
-            raise ValueError(f"{name} must have shape (B,) = ({batch},), got {tuple(coef.shape)}")
-        if not coef.dtype.is_floating_point:
-            raise TypeError(f"{name} must be a floating tensor (float64 recommended), got {coef.dtype}")
-        if coef.device != z_t.device:
-            raise ValueError(f"{name} must be on z_t's device {z_t.device}, got {coef.device}")
-    return _check_int(seed, "seed", upper=2**63), _check_int(offset, "offset", upper=2**63)
+        _checks.per_sample(coef, name, z_t, "z_t")
+    return _checks.integer(seed, "seed", upper=2**63), _checks.integer(offset, "offset", upper=2**63)
 
 
 def posterior_step(z_t: torch.Tensor, x_hat: torch.Tensor, A: torch.Tensor, C: torch.Tensor,
@@ -305,7 +280,7 @@ def philox_randn(numel: int, seed: int, offset: int = 0, *, device: torch.device
     Returns:
         float32 tensor of shape (numel,); computed by the pure-PyTorch reference.
     """
-    numel = _check_int(numel, "numel")
-    seed = _check_int(seed, "seed", upper=2**63)
-    offset = _check_int(offset, "offset", upper=2**63)
+    numel = _checks.integer(numel, "numel")
+    seed = _checks.integer(seed, "seed", upper=2**63)
+    offset = _checks.integer(offset, "offset", upper=2**63)
     return philox_randn_ref(numel, seed, offset, device)

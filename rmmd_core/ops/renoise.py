@@ -7,34 +7,21 @@ from __future__ import annotations
 
 import torch
 
-from . import dispatch
+from . import _checks, dispatch
 from ._library import register_op
-from .dispatch import _check_int
 from .reference import renoise_ref
 
 __all__ = ["renoise"]
 
 _OP = "rmmd_core::renoise"
 _OP_TRITON = "rmmd_core::renoise_triton"
-_DATA_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 
 
 def _validate(x, alpha, sigma, seed, offset) -> tuple[int, int]:
-    for name, t in (("x", x), ("alpha", alpha), ("sigma", sigma)):
-        if not isinstance(t, torch.Tensor):
-            raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
-    if x.dim() < 1:
-        raise ValueError("x must have a leading batch dimension (shape (B, ...)), got a 0-d tensor")
-    if x.dtype not in _DATA_DTYPES:
-        raise TypeError(f"x must be float32, float64, float16 or bfloat16, got {x.dtype}")
+    _checks.data(x, "x")
     for name, coef in (("alpha", alpha), ("sigma", sigma)):
-        if coef.dim() != 1 or coef.shape[0] != x.shape[0]:
-            raise ValueError(f"{name} must have shape (B,) = ({x.shape[0]},), got {tuple(coef.shape)}")
-        if not coef.dtype.is_floating_point:
-            raise TypeError(f"{name} must be a floating tensor (float64 recommended), got {coef.dtype}")
-        if coef.device != x.device:
-            raise ValueError(f"{name} must be on x's device {x.device}, got {coef.device}")
-    return _check_int(seed, "seed", upper=2**63), _check_int(offset, "offset", upper=2**63)
+        _checks.per_sample(coef, name, x, "x")
+    return _checks.integer(seed, "seed", upper=2**63), _checks.integer(offset, "offset", upper=2**63)
 
 
 def renoise(x: torch.Tensor, alpha: torch.Tensor, sigma: torch.Tensor, seed: int, offset: int = 0,
@@ -67,18 +54,11 @@ def renoise(x: torch.Tensor, alpha: torch.Tensor, sigma: torch.Tensor, seed: int
 
 
 def _fake(x, alpha, sigma, seed, offset):
-    torch._check(x.dim() >= 1, lambda: "rmmd_core::renoise: x must have a leading batch dimension")
-    torch._check(x.dtype in _DATA_DTYPES,
-                 lambda: f"rmmd_core::renoise: x must be float32, float64, float16 or bfloat16, got {x.dtype}")
+    _checks.fake_data("renoise", x, "x")
     for name, coef in (("alpha", alpha), ("sigma", sigma)):
-        torch._check(coef.dim() == 1 and coef.shape[0] == x.shape[0],
-                     lambda: f"rmmd_core::renoise: {name} must have shape (B,) = ({x.shape[0]},), got "
-                             f"{tuple(coef.shape)}")
-        torch._check(coef.dtype.is_floating_point, lambda: f"rmmd_core::renoise: {name} must be a floating tensor")
-        torch._check(coef.device == x.device, lambda: f"rmmd_core::renoise: {name} is on {coef.device} but x is on "
-                                                      f"{x.device}")
-    torch._check(seed >= 0, lambda: f"rmmd_core::renoise: seed must be non-negative, got {seed}")
-    torch._check(offset >= 0, lambda: f"rmmd_core::renoise: offset must be non-negative, got {offset}")
+        _checks.fake_per_sample("renoise", coef, name, x, "x")
+    _checks.fake_non_negative("renoise", seed, "seed")
+    _checks.fake_non_negative("renoise", offset, "offset")
     return x.new_empty(x.shape)
 
 

@@ -6,11 +6,9 @@ fake kernel and autograd of ``rmmd_core::rmmd_cotangent`` (C++ CPU / CUDA) and
 
 from __future__ import annotations
 
-import math
-
 import torch
 
-from . import dispatch
+from . import _checks, dispatch
 from ._library import register_op
 from .reference import COTANGENT_STATS, rmmd_cotangent_ref
 
@@ -18,45 +16,18 @@ __all__ = ["COTANGENT_STATS", "rmmd_cotangent"]
 
 _OP = "rmmd_core::rmmd_cotangent"
 _OP_TRITON = "rmmd_core::rmmd_cotangent_triton"
-_DATA_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 _N_STATS = len(COTANGENT_STATS)
 
 
 def _validate(x0, m_stu, m_ref, g_R, anchor, w, lam, lam_reg, scale, dmd, dmd_eps):
     """Named TypeError / ValueError for every bad argument (the public API's contract)."""
-    if not isinstance(x0, torch.Tensor):
-        raise TypeError(f"x0 must be a torch.Tensor, got {type(x0).__name__}")
-    if x0.dim() < 1:
-        raise ValueError("x0 must have a leading batch dimension (shape (B, ...)), got a 0-d tensor")
-    if x0.dtype not in _DATA_DTYPES:
-        raise TypeError(f"x0 must be float32, float64, float16 or bfloat16, got {x0.dtype}")
+    _checks.data(x0, "x0")
     for name, t, optional in (("m_stu", m_stu, False), ("m_ref", m_ref, False), ("g_R", g_R, True),
                               ("anchor", anchor, True)):
-        if t is None and optional:
-            continue
-        if not isinstance(t, torch.Tensor):
-            raise TypeError(f"{name} must be a torch.Tensor{' or None' if optional else ''}, got {type(t).__name__}")
-        if t.shape != x0.shape:
-            raise ValueError(f"{name} must have x0's shape {tuple(x0.shape)}, got {tuple(t.shape)}")
-        if t.dtype != x0.dtype:
-            raise TypeError(f"{name} must have x0's dtype {x0.dtype}, got {t.dtype}")
-        if t.device != x0.device:
-            raise ValueError(f"{name} must be on x0's device {x0.device}, got {t.device}")
-    if not isinstance(w, torch.Tensor):
-        raise TypeError(f"w must be a (B,) torch.Tensor, got {type(w).__name__}")
-    if w.dim() != 1 or w.shape[0] != x0.shape[0]:
-        raise ValueError(f"w must have shape (B,) = ({x0.shape[0]},), got {tuple(w.shape)}")
-    if not w.dtype.is_floating_point:
-        raise TypeError(f"w must be a floating tensor (float64 recommended), got {w.dtype}")
-    if w.device != x0.device:
-        raise ValueError(f"w must be on x0's device {x0.device}, got {w.device}")
-    out = []
-    for name, v in (("lam", lam), ("lam_reg", lam_reg), ("scale", scale), ("dmd_eps", dmd_eps)):
-        if isinstance(v, bool) or not isinstance(v, (int, float)):
-            raise TypeError(f"{name} must be a Python float, got {type(v).__name__}")
-        if not math.isfinite(v):
-            raise ValueError(f"{name} must be finite, got {v}")
-        out.append(float(v))
+        _checks.like(t, name, x0, "x0", optional=optional)
+    _checks.per_sample(w, "w", x0, "x0", what="a (B,) torch.Tensor")
+    out = [_checks.finite_float(v, name)
+           for name, v in (("lam", lam), ("lam_reg", lam_reg), ("scale", scale), ("dmd_eps", dmd_eps))]
     if not isinstance(dmd, bool):
         raise TypeError(f"dmd must be a bool, got {type(dmd).__name__}")
     if dmd and not out[3] > 0:
@@ -124,22 +95,10 @@ def rmmd_cotangent(x0: torch.Tensor, m_stu: torch.Tensor, m_ref: torch.Tensor, g
 # ------------------------------------------------------------------------------------------------
 
 def _fake(x0, m_stu, m_ref, g_R, anchor, w, lam, lam_reg, scale, dmd, dmd_eps):
-    torch._check(x0.dim() >= 1, lambda: "rmmd_core::rmmd_cotangent: x0 must have a leading batch dimension")
-    torch._check(x0.dtype in _DATA_DTYPES,
-                 lambda: f"rmmd_core::rmmd_cotangent: x0 must be float32, float64, float16 or bfloat16, got {x0.dtype}")
+    _checks.fake_data("rmmd_cotangent", x0, "x0")
     for name, t in (("m_stu", m_stu), ("m_ref", m_ref), ("g_R", g_R), ("anchor", anchor)):
-        if t is None:
-            continue
-        torch._check(t.shape == x0.shape, lambda: f"rmmd_core::rmmd_cotangent: {name} has shape "
-                                                  f"{tuple(t.shape)} but x0 has shape {tuple(x0.shape)}")
-        torch._check(t.dtype == x0.dtype,
-                     lambda: f"rmmd_core::rmmd_cotangent: {name} has dtype {t.dtype} but x0 has dtype {x0.dtype}")
-        torch._check(t.device == x0.device,
-                     lambda: f"rmmd_core::rmmd_cotangent: {name} is on {t.device} but x0 is on {x0.device}")
-    torch._check(w.dim() == 1 and w.shape[0] == x0.shape[0],
-                 lambda: f"rmmd_core::rmmd_cotangent: w must have shape (B,) = ({x0.shape[0]},), got {tuple(w.shape)}")
-    torch._check(w.dtype.is_floating_point, lambda: f"rmmd_core::rmmd_cotangent: w must be a floating tensor")
-    torch._check(w.device == x0.device, lambda: f"rmmd_core::rmmd_cotangent: w is on {w.device} but x0 is on {x0.device}")
+        _checks.fake_like("rmmd_cotangent", t, name, x0, "x0")
+    _checks.fake_per_sample("rmmd_cotangent", w, "w", x0, "x0")
     torch._check(not dmd or dmd_eps > 0, lambda: f"rmmd_core::rmmd_cotangent: dmd_eps must be > 0, got {dmd_eps}")
     opmath = torch.float64 if x0.dtype == torch.float64 else torch.float32
     return x0.new_empty(x0.shape), x0.new_empty((x0.shape[0], _N_STATS), dtype=opmath)
