@@ -18,6 +18,7 @@ import math
 
 import torch
 
+from . import ops
 from .config import RMMDConfig
 from .denoiser import Denoiser, check_autocast
 from .rewards import Reward, as_reward
@@ -144,15 +145,40 @@ class RMMD:
 
     @torch.no_grad()
     def update_ema(self) -> None:
-        """``p_ema <- beta p_ema + (1 - beta) p`` over all student parameters and float buffers."""
+        """``p_ema <- beta p_ema + (1 - beta) p`` over all student parameters (one multi-tensor op,
+        :func:`rmmd_core.ops.ema_update`, method.md §e K9); buffers are copied."""
         if self.ema is None:
             return
         beta = self.config.ema_decay
         ema_p = [p for p in self.ema.parameters()]
         cur_p = [p.detach() for p in self.student.parameters()]
-        torch._foreach_lerp_(ema_p, [c.to(e.dtype) for e, c in zip(ema_p, cur_p)], 1.0 - beta)
+        local = _local_shards(ema_p, cur_p)
+        if local is None:  # differently sharded DTensors: let DTensor's own foreach rule redistribute
+            torch._foreach_lerp_(ema_p, [c.to(e.dtype) for e, c in zip(ema_p, cur_p)], 1.0 - beta)
+        else:
+            ops.ema_update(*local, float(beta))
         for e, c in zip(self.ema.buffers(), self.student.buffers()):
             e.copy_(c)
+
+
+def _local_shards(ema_p: list[torch.Tensor], cur_p: list[torch.Tensor]):
+    """The plain tensors the EMA op updates: FSDP2 (``DTensor``) parameters become their local shards,
+    which are views, so updating them updates the DTensors. None when an EMA / student pair is not
+    sharded the same way (then the shards do not correspond element by element)."""
+    try:
+        from torch.distributed.tensor import DTensor
+    except ImportError:  # torch built without distributed
+        return ema_p, cur_p
+    ema_l, cur_l = [], []
+    for e, c in zip(ema_p, cur_p):
+        if isinstance(e, DTensor) or isinstance(c, DTensor):
+            if not (isinstance(e, DTensor) and isinstance(c, DTensor) and e.placements == c.placements
+                    and e.device_mesh == c.device_mesh):
+                return None
+            e, c = e.to_local(), c.to_local()
+        ema_l.append(e)
+        cur_l.append(c)
+    return ema_l, cur_l
 
 
 def apply_update(loss: torch.Tensor, module: torch.nn.Module, optimizer: torch.optim.Optimizer,

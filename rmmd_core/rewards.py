@@ -13,10 +13,9 @@ from __future__ import annotations
 import abc
 
 import torch
-import torch.nn.functional as F
 
-# ITU-R BT.601 luma weights, as in method.md §e K4a.
-LUMA = (0.299, 0.587, 0.114)
+from . import ops
+from .ops.reward_reference import LUMA  # noqa: F401  (ITU-R BT.601 luma weights, method.md §e K4a)
 
 
 class Reward(abc.ABC):
@@ -45,58 +44,35 @@ class GrayscaleReward(Reward):
     """Black-and-white reward: ``R = -(1/D) sum_{c,p} (x_c - gray)^2``, ``gray = 0.299 r + 0.587 g + 0.114 b``.
 
     x0: ``(B, 3, H, W)``; D = 3HW. Gradient (closed form), with ``d_c = x_c - gray``:
-    ``dR/dx_k = -(2/D) (d_k - w_k sum_c d_c)``. Returns ``(R[B], dR/dx0[B,3,H,W])`` in fp32 math.
+    ``dR/dx_k = -(2/D) (d_k - w_k sum_c d_c)``. Value and gradient come from the fused op
+    :func:`rmmd_core.ops.grayscale_reward` (method.md §e K4a; backend from ``RMMD_CORE_BACKEND``, default
+    auto) in fp32 math (fp64 for fp64 input). Returns ``(R[B], dR/dx0[B,3,H,W])`` in x0's dtype.
     """
+
+    def __init__(self, backend: str | None = None):
+        self.backend = backend  # None: RMMD_CORE_BACKEND, default auto (see rmmd_core.ops.dispatch)
 
     def value_and_grad(self, x0, cond=None):
         _check_image(x0, "GrayscaleReward", 3)
-        x = x0.float()
-        w = x.new_tensor(LUMA).view(1, 3, 1, 1)
-        d = x - (x * w).sum(1, keepdim=True)
-        D = x[0].numel()
-        value = -(d * d).flatten(1).sum(1) / D
-        grad = -(2.0 / D) * (d - w * d.sum(1, keepdim=True))
-        return value.to(x0.dtype), grad.to(x0.dtype)
-
-
-def _avg4(x: torch.Tensor) -> torch.Tensor:
-    """Mean of the 4 neighbours with replicate (Neumann) borders, so a constant image scores 0."""
-    p = F.pad(x, (1, 1, 1, 1), mode="replicate")
-    return 0.25 * (p[..., :-2, 1:-1] + p[..., 2:, 1:-1] + p[..., 1:-1, :-2] + p[..., 1:-1, 2:])
-
-
-def _avg4_adjoint(r: torch.Tensor) -> torch.Tensor:
-    """Transpose of :func:`_avg4`: scatter each residual to the pixels it read (borders fold back)."""
-    out = torch.zeros_like(r)
-    # neighbour "up" (row i-1, clamped): pixel i reads row max(i-1, 0)
-    out[..., :-1, :] += r[..., 1:, :]
-    out[..., :1, :] += r[..., :1, :]
-    # "down": pixel i reads min(i+1, H-1)
-    out[..., 1:, :] += r[..., :-1, :]
-    out[..., -1:, :] += r[..., -1:, :]
-    # "left" / "right" along W
-    out[..., :, :-1] += r[..., :, 1:]
-    out[..., :, :1] += r[..., :, :1]
-    out[..., :, 1:] += r[..., :, :-1]
-    out[..., :, -1:] += r[..., :, -1:]
-    return 0.25 * out
+        value, grad = ops.grayscale_reward(x0, backend=self.backend)
+        return value.to(x0.dtype), grad
 
 
 class LaplacianReward(Reward):
     """Laplacian smoothness: ``R = -(1/D) sum (x - avg4(x))^2`` per channel, replicate borders.
 
     x0: ``(B, C, H, W)``; D = CHW. With ``r = x - avg4(x) = (I - P) x``, the gradient is the 5-point
-    stencil ``dR/dx = -(2/D) (I - P)^T r`` (method.md §e K4b).
+    stencil ``dR/dx = -(2/D) (I - P)^T r`` (P is symmetric with replicate borders), computed with the value
+    in one pass by the fused op :func:`rmmd_core.ops.laplacian_reward` (method.md §e K4b).
     """
+
+    def __init__(self, backend: str | None = None):
+        self.backend = backend  # None: RMMD_CORE_BACKEND, default auto (see rmmd_core.ops.dispatch)
 
     def value_and_grad(self, x0, cond=None):
         _check_image(x0, "LaplacianReward")
-        x = x0.float()
-        r = x - _avg4(x)
-        D = x[0].numel()
-        value = -(r * r).flatten(1).sum(1) / D
-        grad = -(2.0 / D) * (r - _avg4_adjoint(r))
-        return value.to(x0.dtype), grad.to(x0.dtype)
+        value, grad = ops.laplacian_reward(x0, backend=self.backend)
+        return value.to(x0.dtype), grad
 
 
 class CallableReward(Reward):

@@ -16,6 +16,8 @@ import triton
 from . import posterior_step  # noqa: F401  (registers rmmd_core::posterior_step_triton, renoise_triton)
 from . import rmmd_cotangent  # noqa: F401  (registers rmmd_core::rmmd_cotangent_triton)
 from . import aux_loss  # noqa: F401  (registers rmmd_core::aux_loss_triton)
+from . import image_rewards  # noqa: F401  (registers rmmd_core::grayscale_reward_triton, laplacian_reward_triton)
+from . import ema  # noqa: F401  (registers rmmd_core::ema_update_triton)
 
 __all__ = ["interpreter_mode"]
 

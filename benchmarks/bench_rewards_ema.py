@@ -1,0 +1,152 @@
+"""Benchmark the image rewards (method.md §e K4a, K4b) and the multi-tensor EMA (K9) as GB/s beside a copy.
+
+A separate script from bench_ops.py (same timing, table and JSON conventions, imported from it) so the
+two can grow independently. Providers (one run, same machine):
+  reference           eager ``rmmd_core.ops.<op>_ref`` (for the EMA: a Python loop over the tensors)
+  reference_compiled  ``torch.compile(<op>_ref, dynamic=False)``, compiled outside timing
+  foreach             EMA only: ``torch._foreach_lerp_`` (the engine's update before the fused op)
+  cpu                 the ATen kernel (CPU tensors)
+  triton / cuda       on CUDA tensors only (the Triton interpreter is a correctness tool, never timed)
+
+Cases and bytes moved per call (N = elements):
+  grayscale_reward    x (B, 3, H, W) read, grad written: 2 N
+  laplacian_reward    x (B, 4, H, W) read, grad written: 2 N (the halo re-reads hit cache)
+  ema_update          EMA read + written, params read: 3 N, over a model-like list of tensors (a few
+                      large matrices and many small vectors); fp32 EMA, params in the listed dtype
+
+    python benchmarks/bench_rewards_ema.py --smoke
+    python benchmarks/bench_rewards_ema.py --sizes 4194304 --dtypes float32 bfloat16
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+
+import torch
+
+from rmmd_core import ops
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from bench_ops import _time, markdown  # noqa: E402  (same timer and table as bench_ops.py)
+from bench_posterior_step import _environment  # noqa: E402
+
+DEFAULT_SIZES = [2**16, 2**20, 2**22]
+SMOKE_SIZES = [2**12, 2**14]
+BATCH = 4
+CASES = {"grayscale_reward": 2, "laplacian_reward": 2, "ema_update": 3}
+
+
+def _image(case: str, numel: int, dtype, device):
+    channels = 3 if case == "grayscale_reward" else 4
+    side = max(1, int(math.sqrt(numel // (BATCH * channels))))
+    return torch.randn(BATCH, channels, side, side, device=device).to(dtype)
+
+
+def _model_like(numel: int, dtype, device):
+    """(ema fp32, params dtype): 70% of N in 4 matrices, the rest in 96 vectors of odd sizes."""
+    big = [int(0.7 * numel) // 4] * 4
+    rest = numel - sum(big)
+    small = [max(1, rest // 96 + (k % 7) - 3) for k in range(96)]
+    shapes = big + small
+    params = [torch.randn(n, device=device).to(dtype) for n in shapes]
+    ema = [torch.randn(n, device=device) for n in shapes]
+    return ema, params
+
+
+def _foreach(ema, params, beta):
+    torch._foreach_lerp_(ema, [p.to(e.dtype) for e, p in zip(ema, params)], 1.0 - beta)
+
+
+def _fn(case, provider, args, cache):
+    if case == "ema_update":
+        ema, params = args
+        base = {"reference": ops.ema_update_ref, "reference_compiled": _foreach, "foreach": _foreach}.get(provider)
+        if provider == "reference_compiled":
+            key = (case, len(ema), ema[0].numel(), params[0].dtype)
+            cache.setdefault(key, torch.compile(_foreach, dynamic=False))
+            base = cache[key]
+        if base is not None:
+            return lambda: base(ema, params, 0.999)
+        return lambda: ops.ema_update(ema, params, 0.999, backend=provider)
+    (x,) = args
+    ref = getattr(ops, case + "_ref")
+    if provider == "reference":
+        return lambda: ref(x)
+    if provider == "reference_compiled":
+        key = (case, tuple(x.shape), x.dtype)
+        cache.setdefault(key, torch.compile(ref, dynamic=False))
+        return lambda: cache[key](x)
+    return lambda: getattr(ops, case)(x, backend=provider)
+
+
+def _providers(device: str, case: str) -> list[str]:
+    names = ["reference", "reference_compiled"] + (["foreach"] if case == "ema_update" else [])
+    probe = torch.empty(1, device=device)
+    for name in ("cpu", "triton", "cuda"):
+        if name in ops.dispatch.auto_backends(case, probe) or (name == "triton" and device == "cuda" and
+                                                                 name in ops.available_backends(case, probe)):
+            names.append(name)
+    return names
+
+
+def run(sizes, dtypes, device: str, min_run_time: float) -> list[dict]:
+    rows, cache = [], {}
+    for dtype in dtypes:
+        for numel in sizes:
+            src = torch.randn(numel, device=device).to(dtype)
+            dst = torch.empty_like(src)
+            copy_s = _time(lambda: dst.copy_(src), device, min_run_time)
+            copy_gbs = 2 * numel * src.element_size() / copy_s / 1e9
+            for case, n_moved in CASES.items():
+                if case == "ema_update":
+                    args = _model_like(numel, dtype, device)
+                    n = sum(e.numel() for e in args[0])
+                    nbytes = n * (2 * 4 + src.element_size())  # fp32 EMA read + write, params read
+                else:
+                    args = (_image(case, numel, dtype, device),)
+                    n = args[0].numel()
+                    nbytes = n_moved * n * src.element_size()
+                times = {p: _time(_fn(case, p, args, cache), device, min_run_time) for p in _providers(device, case)}
+                for provider, seconds in times.items():
+                    gbs = nbytes / seconds / 1e9
+                    rows.append(dict(case=case, dtype=str(dtype).replace("torch.", ""), numel=n, provider=provider,
+                                     ms=seconds * 1e3, gbs=gbs, copy_gbs=copy_gbs, frac_copy=gbs / copy_gbs,
+                                     speedup_vs_eager=times["reference"] / seconds,
+                                     speedup_vs_compiled=times["reference_compiled"] / seconds))
+    return rows
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", type=int, nargs="+", default=None, help="elements per call")
+    parser.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"])
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--min-run-time", type=float, default=0.3, help="seconds per CPU measurement")
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes, short timing (CI)")
+    parser.add_argument("--out", default=None, help="JSON path (default benchmarks/results/bench_rewards_ema_<device>_<date>.json)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing JSON file")
+    args = parser.parse_args(argv)
+    sizes = args.sizes or (SMOKE_SIZES if args.smoke else DEFAULT_SIZES)
+    env = _environment()
+    rows = run(sizes, [getattr(torch, d) for d in args.dtypes], args.device, 0.02 if args.smoke else args.min_run_time)
+    print(markdown(rows, env))
+    if args.smoke and args.out is None:
+        return 0
+    out = args.out or os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
+                                   f"bench_rewards_ema_{args.device}_{env['date']}.json")
+    if os.path.exists(out) and not args.overwrite:
+        print(f"{out} exists; pass --overwrite to replace it", file=sys.stderr)
+        return 1
+    os.makedirs(os.path.dirname(out), exist_ok=True)
+    with open(out, "w") as f:
+        json.dump({"environment": env, "threads": torch.get_num_threads(), "rows": rows}, f, indent=1)
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,89 @@
+// ATen CPU kernel of rmmd_core::ema_update, the multi-tensor EMA (method.md §e K9):
+//
+//   ema[i] <- beta ema[i] + (1 - beta) params[i]     evaluated as lerp(ema, p, w = 1 - beta):
+//             e + w (p - e) if |w| < 0.5, else p - (p - e)(1 - w)      (torch.lerp's two-sided form)
+//
+// All tensors are cut into chunks of at most kChunk elements and one parallel_for runs over the whole
+// chunk table, so a model with many small tensors (biases, norms) still fills every thread in one pass.
+// Each chunk dispatches on its own (EMA dtype, param dtype) pair. Math in opmath of the EMA (float32;
+// float64 for a float64 EMA); params converted on load; one rounding into the EMA.
+#include "ema_cpu.h"
+
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <cmath>
+#include <vector>
+
+#include "sample_chunks.h"  // kChunk
+
+namespace rmmd {
+namespace {
+
+struct Chunk {
+  int64_t tensor, begin, end;
+};
+
+template <typename ema_t, typename param_t>
+void ema_chunk(ema_t* e, const param_t* p, int64_t begin, int64_t end, double beta) {
+  using opmath_t = at::opmath_type<ema_t>;
+  const opmath_t w = static_cast<opmath_t>(1.0 - beta);
+  if (std::abs(w) < opmath_t(0.5)) {
+#pragma omp simd
+    for (int64_t i = begin; i < end; ++i) {
+      const opmath_t ev = static_cast<opmath_t>(e[i]);
+      e[i] = static_cast<ema_t>(ev + w * (static_cast<opmath_t>(p[i]) - ev));
+    }
+  } else {
+    const opmath_t one_minus_w = opmath_t(1) - w;
+#pragma omp simd
+    for (int64_t i = begin; i < end; ++i) {
+      const opmath_t ev = static_cast<opmath_t>(e[i]);
+      const opmath_t pv = static_cast<opmath_t>(p[i]);
+      e[i] = static_cast<ema_t>(pv - (pv - ev) * one_minus_w);
+    }
+  }
+}
+
+}  // namespace
+
+void ema_update_cpu_kernel(at::TensorList ema, at::TensorList params, double beta) {
+  const int64_t n = static_cast<int64_t>(ema.size());
+  // Flat indexing: strided params are read through one contiguous copy; a strided EMA is updated in a
+  // contiguous temporary and copied back below.
+  std::vector<at::Tensor> e_work(n), p_work(n);
+  std::vector<Chunk> chunks;
+  for (int64_t i = 0; i < n; ++i) {
+    e_work[i] = ema[i].contiguous();
+    p_work[i] = params[i].contiguous();
+    const int64_t numel = ema[i].numel();
+    for (int64_t b = 0; b < numel; b += kChunk) chunks.push_back({i, b, std::min(numel, b + kChunk)});
+  }
+  // Many small tensors make many small chunks: group them so each thread gets >= ~kChunk elements on
+  // average (a small model's EMA then runs inline instead of waking the thread pool).
+  int64_t total = 0;
+  for (const Chunk& ch : chunks) total += ch.end - ch.begin;
+  const int64_t n_chunks = static_cast<int64_t>(chunks.size());
+  const int64_t grain = total > 0 ? std::max<int64_t>(1, kChunk * n_chunks / total) : 1;
+  at::parallel_for(0, n_chunks, grain, [&](int64_t c0, int64_t c1) {
+    for (int64_t c = c0; c < c1; ++c) {
+      const Chunk& ch = chunks[c];
+      const at::Tensor& e = e_work[ch.tensor];
+      const at::Tensor& p = p_work[ch.tensor];
+      AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, e.scalar_type(), "rmmd_core::ema_update_cpu", [&] {
+        using ema_t = scalar_t;
+        ema_t* e_ptr = e.mutable_data_ptr<ema_t>();
+        AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, p.scalar_type(), "rmmd_core::ema_update_cpu", [&] {
+          ema_chunk<ema_t, scalar_t>(e_ptr, p.const_data_ptr<scalar_t>(), ch.begin, ch.end, beta);
+        });
+      });
+    }
+  });
+  for (int64_t i = 0; i < n; ++i) {
+    if (!e_work[i].is_same(ema[i])) ema[i].copy_(e_work[i]);
+  }
+}
+
+}  // namespace rmmd
