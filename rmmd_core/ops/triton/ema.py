@@ -15,7 +15,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import BLOCK, launchable
+from ._common import BLOCK, bf16_by_bits, cast_for_store, launchable
 
 _TL_TYPES = {torch.float32: tl.float32, torch.float64: tl.float64, torch.float16: tl.float16,
              torch.bfloat16: tl.bfloat16}
@@ -40,13 +40,7 @@ def _ema_kernel(
     p = tl.load(p_ptr + offs, mask=mask, other=0.0).to(w.dtype)
     small = (w < 0.5) & (w > -0.5)
     new = tl.where(small, e + w * (p - e), p - (p - e) * (1.0 - w))
-    if BF16_BITS:
-        # the interpreter truncates float32 -> bfloat16; round to nearest even like every other backend
-        bits = new.to(tl.uint32, bitcast=True)
-        bits = bits + 0x7FFF + ((bits >> 16) & 1)
-        tl.store(e_ptr + offs, (bits >> 16).to(tl.uint16).to(tl.bfloat16, bitcast=True), mask=mask)
-    else:
-        tl.store(e_ptr + offs, new.to(EMA_TYPE), mask=mask)
+    tl.store(e_ptr + offs, cast_for_store(new, e_ptr, BF16_BITS), mask=mask)
 
 
 def _chunk_table(pairs: list[tuple[torch.Tensor, torch.Tensor]], device) -> tuple[torch.Tensor, ...]:
@@ -78,7 +72,7 @@ def ema_update_triton(ema: list[torch.Tensor], params: list[torch.Tensor], beta:
         w = torch.full((1,), 1.0 - beta, dtype=opmath, device=device)
         _ema_kernel[(e_addr.numel(),)](e_addr, p_addr, length, w, EMA_TYPE=_TL_TYPES[e_dtype],
                                        PARAM_TYPE=_TL_TYPES[p_dtype], BLOCK_SIZE=BLOCK,
-                                       BF16_BITS=e_dtype == torch.bfloat16 and device.type == "cpu")
+                                       BF16_BITS=bf16_by_bits(e_dtype, device))
     for e, (e_work, _) in zip(ema, work):
         if e_work.data_ptr() != e.data_ptr():
             e.copy_(e_work)
