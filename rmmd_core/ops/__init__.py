@@ -36,6 +36,7 @@ from . import dispatch  # noqa: E402
 from . import rmmd_cotangent as _rmmd_cotangent_module  # noqa: E402,F401  (K5 fake + autograd registrations)
 from . import aux_loss as _aux_loss_module  # noqa: E402,F401  (K6 fake + autograd registrations)
 from . import renoise as _renoise_module  # noqa: E402,F401  (K2 fake + autograd registrations)
+from . import denoise_step as _denoise_step_module  # noqa: E402,F401  (K1/K3 fake + autograd registrations)
 from .dispatch import (  # noqa: E402
     BACKENDS,
     available_backends,
@@ -49,11 +50,14 @@ from .reference import (  # noqa: E402
 from .rmmd_cotangent import rmmd_cotangent  # noqa: E402
 from .aux_loss import aux_loss  # noqa: E402
 from .renoise import renoise  # noqa: E402
+from .denoise_step import denoise_step  # noqa: E402
+from .denoise_reference import denoise_step_ref, fold_denoise_coefficients  # noqa: E402
 
 dispatch.refresh(_C_IMPORT_ERROR, _TRITON_IMPORT_ERROR, _TRITON_INTERPRETER)
 
 __all__ = [
-    "BACKENDS", "COTANGENT_STATS", "aux_loss", "aux_loss_ref", "available_backends", "backend_reasons", "philox_randn",
+    "BACKENDS", "COTANGENT_STATS", "aux_loss", "aux_loss_ref", "available_backends", "backend_reasons", "denoise_step",
+    "denoise_step_ref", "fold_denoise_coefficients", "philox_randn",
     "philox_randn_ref", "posterior_step", "posterior_step_ref", "renoise", "renoise_ref", "resolve_backend",
     "rmmd_cotangent", "rmmd_cotangent_ref",
 ]
