@@ -311,7 +311,7 @@ def plot(rows: list[dict], path: str, title: str) -> None:
             ax.tick_params(labelsize=7)
             ax.legend(fontsize=6)
     fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.3 / fig.get_figheight()))  # leave room for the title
     fig.savefig(path, dpi=80)
     plt.close(fig)
 
@@ -338,7 +338,17 @@ def main(argv=None) -> int:
                         help="JSON path (default benchmarks/results/bench_ops_<device>_<date>.json); the PNG "
                              "goes next to it")
     parser.add_argument("--overwrite", action="store_true", help="replace existing JSON / PNG files")
+    parser.add_argument("--note", default="", help="free text stored in the JSON (e.g. machine load)")
+    parser.add_argument("--replot", default=None, metavar="JSON", help="only redraw the PNG of a recorded run")
     args = parser.parse_args(argv)
+    if args.replot:
+        with open(args.replot) as f:
+            rec = json.load(f)
+        env = rec["environment"]
+        png = os.path.splitext(args.replot)[0] + ".png"
+        plot(rec["rows"], png, f"{env['device']}, {rec['threads']} threads, torch {env['torch']}, {env['date']}")
+        print(f"wrote {png}")
+        return 0
     for module in args.extra_cases:
         importlib.import_module(module)
     if args.threads:
@@ -377,7 +387,7 @@ def main(argv=None) -> int:
         return 0
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     with open(out, "w") as f:
-        json.dump({"environment": env, "threads": threads, "wall_s": wall, "sizes": sizes,
+        json.dump({"environment": env, "threads": threads, "wall_s": wall, "sizes": sizes, "note": args.note,
                    "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None, "rows": rows}, f, indent=1)
     plot(rows, png, f"{env['device']}, {threads} threads, torch {env['torch']}, {env['date']}")
     print(f"wrote {out} and {png}")
