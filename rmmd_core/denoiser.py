@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .parameterization import check_prediction, edm_preconditioning, to_x0
+from .parameterization import check_prediction, edm_preconditioning, to_x0, x0_coefficients
 from .schedules import DiscreteVP, Schedule, get_schedule
 
 TIME_INPUTS = ("t", "index", "sigma", "c_noise", "log_snr")
@@ -212,8 +212,12 @@ class Denoiser(nn.Module):
         return nc
 
     # ------------------------------------------------------------------ forward
-    def forward(self, z: torch.Tensor, t: torch.Tensor | float, cond: Cond = None,
-                guidance_scale: float | None = None) -> torch.Tensor:
+    def _evaluate(self, z: torch.Tensor, t, cond: Cond, guidance_scale: float | None):
+        """Validate, call the network once (cond and uncond rows batched under CFG).
+
+        Returns ``(out_c, out_u, w, t, alpha, sigma, view, extra)``: the raw outputs (``out_u`` None
+        without guidance), the guidance scale in effect, the (B,) float64 times and schedule values, the
+        broadcast view and the parameterisation's extra arguments (``to_x0`` keywords)."""
         if not isinstance(z, torch.Tensor) or not z.is_floating_point():
             raise TypeError(f"z must be a floating-point Tensor, got {getattr(z, 'dtype', type(z))}")
         B = z.shape[0]
@@ -242,6 +246,7 @@ class Denoiser(nn.Module):
         # fp32 time even for bf16/fp16 nets: bf16 cannot represent index 999 (it rounds to 1000)
         t_in = self.net_time(t).to(torch.float64 if z.dtype == torch.float64 else torch.float32)
 
+        out_u = None
         if w:  # one batched call for conditional + unconditional rows
             nc = self._null(cond, B)
             if _batchable(cond) and _batchable(nc):
@@ -249,10 +254,49 @@ class Denoiser(nn.Module):
                 out_c, out_u = out[:B], out[B:]
             else:
                 out_c, out_u = self._call_net(z_in, t_in, cond), self._call_net(z_in, t_in, nc)
+        else:
+            out_c = self._call_net(z_in, t_in, cond)
+        return out_c, out_u, w, t, alpha, sigma, view, extra
+
+    def forward(self, z: torch.Tensor, t: torch.Tensor | float, cond: Cond = None,
+                guidance_scale: float | None = None) -> torch.Tensor:
+        out_c, out_u, w, _, alpha, sigma, view, extra = self._evaluate(z, t, cond, guidance_scale)
+        if out_u is not None:
             x_c = self._to_x0(out_c, z, alpha, sigma, view, extra)
             x_u = self._to_x0(out_u, z, alpha, sigma, view, extra)
             return x_c + w * (x_c - x_u)
-        return self._to_x0(self._call_net(z_in, t_in, cond), z, alpha, sigma, view, extra)
+        return self._to_x0(out_c, z, alpha, sigma, view, extra)
+
+    def affine_output(self, z: torch.Tensor, t: torch.Tensor | float, cond: Cond = None,
+                      guidance_scale: float | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The network output and the per-sample map to ``x̂``: ``x̂ = a[b] z + c[b] F`` (no x̂ formed).
+
+        Every parameterisation is affine in ``(z, F)`` (``parameterization.x0_coefficients``) and so is
+        classifier-free guidance: ``x̂_c + w (x̂_c - x̂_u) = a z + c (F_c + w (F_c - F_u))``, so ``F`` here is
+        already guidance-combined (float32 math, rounded to z's dtype). Fused samplers pass ``(F, a, c)``
+        to ``rmmd_core.ops.denoise_step``; ``forward`` stays the unfused definition. Calls the network
+        exactly as ``forward`` does (same calls / nfe counts and network hooks); hooks registered on the
+        Denoiser module itself do not run, so samplers only fuse when there are none.
+
+        Args:
+            z, t, cond, guidance_scale: as in :meth:`forward`.
+
+        Returns:
+            ``F``: shape and dtype of ``z``; ``a, c``: ``(B,)`` float64 on z's device.
+        """
+        out_c, out_u, w, t, alpha, sigma, view, extra = self._evaluate(z, t, cond, guidance_scale)
+        out = out_c.to(z.dtype)  # autocast may hand back bf16; convert in the caller's precision
+        if out_u is not None:
+            opmath = torch.promote_types(z.dtype, torch.float32)
+            oc, ou = out.to(opmath), out_u.to(opmath)
+            out = (oc + w * (oc - ou)).to(z.dtype)
+        kw = {}
+        if self.prediction == "flow":
+            kw["dalpha"], kw["dsigma"] = self.schedule.alpha_sigma_derivatives(t)
+        elif self.prediction == "edm":
+            kw["sigma_data"] = self.schedule.sigma_data
+        a, c = x0_coefficients(alpha, sigma, self.prediction, **kw)
+        return out, a.to(torch.float64), c.to(torch.float64)
 
     def _to_x0(self, out, z, alpha, sigma, view, extra):
         a, s = alpha.to(z.dtype).view(view), sigma.to(z.dtype).view(view)

@@ -96,6 +96,31 @@ def posterior_step(schedule: Schedule, z_t: torch.Tensor, x_hat: torch.Tensor, t
                               backend=backend)
 
 
+def denoise_step(schedule: Schedule, z_t: torch.Tensor, net_out: torch.Tensor, a: torch.Tensor, c: torch.Tensor,
+                 t: torch.Tensor, s: torch.Tensor, eta: float = 1.0, generator: torch.Generator | None = None,
+                 backend: str | None = None, want_x0: bool = False):
+    """:func:`posterior_step` from the raw network output ``F`` with ``x̂ = a z_t + c F`` (per-sample (B,)
+    a, c, e.g. from ``Denoiser.affine_output``), in one fused pass. Draws one seed from ``generator``,
+    as :func:`posterior_step` does, except for steps into s = 0, which draw none (the unfused rollout
+    returns x̂ there). Returns z_s, or ``(z_s, x̂)`` with ``want_x0``."""
+    A, C, gamma = posterior_coefficients(schedule, t, s, eta)
+    dev = z_t.device
+    final = bool((torch.as_tensor(s) <= 0).all())
+    seed = 0 if final else draw_seed(generator)
+    return ops.denoise_step(z_t, net_out, a.to(dev), c.to(dev), A.to(dev), C.to(dev), gamma.to(dev), seed, 0,
+                            want_x0=want_x0, backend=backend)
+
+
+def can_fuse(denoiser) -> bool:
+    """Whether a rollout may replace ``denoiser(z, t)`` + posterior step by ``Denoiser.affine_output`` +
+    :func:`denoise_step`: a plain :class:`Denoiser` (a subclass overriding ``forward`` may post-process
+    x̂, e.g. clip it, which is not affine) with no hooks on the Denoiser module itself (hooks on its
+    ``net`` still run)."""
+    return (isinstance(denoiser, Denoiser) and type(denoiser).forward is Denoiser.forward
+            and type(denoiser).affine_output is Denoiser.affine_output
+            and not (denoiser._forward_hooks or denoiser._forward_pre_hooks))
+
+
 def prior_sample(schedule: Schedule, shape, *, device=None, dtype=torch.float32,
                  generator: torch.Generator | None = None) -> torch.Tensor:
     """Pure-noise start ``z ~ N(0, prior_std^2 I)`` (prior_std = sigma_max for VE schedules)."""
@@ -118,27 +143,41 @@ class SampleResult:
 
 def rollout(denoiser: Denoiser, z: torch.Tensor, grid: torch.Tensor, cond: Cond = None, *, eta: float = 1.0,
             stop_index: int = 0, guidance_scale: float | None = None, generator: torch.Generator | None = None,
-            backend: str | None = None, trajectory: list | None = None):
+            backend: str | None = None, trajectory: list | None = None, fused: bool = True):
     """Run the sampler from ``z`` at ``grid[0]`` down to grid point ``t_{stop_index}``.
 
     ``grid`` is decreasing ``(K+1,)`` (``grid[j] = t_{K-j}``). Returns ``(z, x̂, calls)``: the state at
     ``t_{stop_index}`` and the last x̂ (None when no call was made). ``stop_index = 0`` is a full sample:
     the final step into ``t_0 = 0`` returns x̂ itself, so no posterior step is run there.
     No autograd graph is recorded; callers decide on ``no_grad`` / ``inference_mode``.
+
+    ``fused=True`` (default) runs each step as ``Denoiser.affine_output`` + the fused
+    :func:`denoise_step` (one pass from the raw output to z_s; x̂ is written only on the last step) when
+    :func:`can_fuse` allows it, else the unfused ``denoiser(z, t)`` + :func:`posterior_step`. Both make the
+    same network calls and draw the same seeds, so results agree up to rounding.
     """
     K = grid.numel() - 1
     if not 0 <= stop_index <= K:
         raise ValueError(f"stop_index must be in [0, {K}], got {stop_index}")
+    fused = fused and can_fuse(denoiser)
     B, x_hat, calls = z.shape[0], None, 0
-    for j in range(K - stop_index):
+    steps = K - stop_index
+    for j in range(steps):
         t = grid[j].expand(B).to(z.device)
         s = grid[j + 1].expand(B).to(z.device)
-        x_hat = denoiser(z, t, cond, guidance_scale=guidance_scale)
         calls += 1
-        if float(grid[j + 1]) <= 0.0:
-            z = x_hat
+        if fused:
+            net_out, a, c = denoiser.affine_output(z, t, cond, guidance_scale=guidance_scale)
+            # x̂ is written only where it is returned: the last step (into s = 0 it *is* z_s).
+            want_x0 = j == steps - 1 and float(grid[j + 1]) > 0.0
+            res = denoise_step(denoiser.schedule, z, net_out, a, c, t, s, eta, generator, backend, want_x0=want_x0)
+            z, x_hat = res if want_x0 else (res, res if float(grid[j + 1]) <= 0.0 else None)
         else:
-            z = posterior_step(denoiser.schedule, z, x_hat, t, s, eta, generator, backend)
+            x_hat = denoiser(z, t, cond, guidance_scale=guidance_scale)
+            if float(grid[j + 1]) <= 0.0:
+                z = x_hat
+            else:
+                z = posterior_step(denoiser.schedule, z, x_hat, t, s, eta, generator, backend)
         if trajectory is not None:
             trajectory.append(z)
     return z, x_hat, calls

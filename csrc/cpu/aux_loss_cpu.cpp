@@ -15,8 +15,7 @@
 #include <ATen/ops/empty.h>
 #include <ATen/ops/zeros.h>
 
-#include <algorithm>
-#include <vector>
+#include <array>
 
 #include "sample_chunks.h"
 
@@ -25,27 +24,20 @@ namespace {
 
 // The element loop lives outside AT_DISPATCH: a `#pragma` cannot appear inside a macro argument.
 template <typename scalar_t, typename opmath_t>
-void aux_loss_tasks(const SampleChunks& L, const scalar_t* o_ptr, const scalar_t* x_ptr, const scalar_t* m_ptr,
-                    const opmath_t* w_ptr, double two_over_bd, scalar_t* g_ptr, std::vector<double>& partial) {
-  at::parallel_for(0, L.tasks(), 1, [&](int64_t t0, int64_t t1) {
-    for (int64_t t = t0; t < t1; ++t) {
-      const opmath_t coef = static_cast<opmath_t>(two_over_bd) * w_ptr[L.sample(t)];
-      double total = 0.0;
-      for (int64_t i0 = L.begin(t); i0 < L.end(t); i0 += kInner) {
-        const int64_t i1 = std::min(L.end(t), i0 + kInner);
-        opmath_t acc = 0;
+TaskSums<1> aux_loss_tasks(const SampleChunks& L, const scalar_t* o_ptr, const scalar_t* x_ptr, const scalar_t* m_ptr,
+                           const opmath_t* w_ptr, double two_over_bd, scalar_t* g_ptr) {
+  return chunked_sums<1>(L, [&](int64_t t, int64_t i0, int64_t i1) {
+    const opmath_t coef = static_cast<opmath_t>(two_over_bd) * w_ptr[L.sample(t)];
+    opmath_t acc = 0;
 #pragma omp simd reduction(+ : acc)
-        for (int64_t i = i0; i < i1; ++i) {
-          const opmath_t ov = static_cast<opmath_t>(o_ptr[i]);
-          const opmath_t e_x = ov - static_cast<opmath_t>(x_ptr[i]);
-          const opmath_t e_m = ov - static_cast<opmath_t>(m_ptr[i]);
-          acc += e_x * e_x + e_m * e_m;
-          g_ptr[i] = static_cast<scalar_t>(coef * (e_x + e_m));
-        }
-        total += static_cast<double>(acc);
-      }
-      partial[t] = total;
+    for (int64_t i = i0; i < i1; ++i) {
+      const opmath_t ov = static_cast<opmath_t>(o_ptr[i]);
+      const opmath_t e_x = ov - static_cast<opmath_t>(x_ptr[i]);
+      const opmath_t e_m = ov - static_cast<opmath_t>(m_ptr[i]);
+      acc += e_x * e_x + e_m * e_m;
+      g_ptr[i] = static_cast<scalar_t>(coef * (e_x + e_m));
     }
+    return std::array<opmath_t, 1>{acc};
   });
 }
 
@@ -77,15 +69,12 @@ std::tuple<at::Tensor, at::Tensor> aux_loss_cpu_kernel(const at::Tensor& o_in, c
     const opmath_t* w_ptr = w_op.const_data_ptr<opmath_t>();
     // 2 / (B D) in double, times w[b] in opmath: the reference's association.
     const double two_over_bd = 2.0 / (static_cast<double>(batch) * static_cast<double>(D));
-    std::vector<double> partial(L.tasks());
-
-    aux_loss_tasks<scalar_t, opmath_t>(L, o_ptr, x_ptr, m_ptr, w_ptr, two_over_bd, g_ptr, partial);
+    const TaskSums<1> sums =
+        per_sample_sums(L, aux_loss_tasks<scalar_t, opmath_t>(L, o_ptr, x_ptr, m_ptr, w_ptr, two_over_bd, g_ptr));
     opmath_t* loss_ptr = loss.mutable_data_ptr<opmath_t>();
     for (int64_t b = 0; b < batch; ++b) {
-      double s = 0.0;
-      for (int64_t c = 0; c < L.chunks; ++c) s += partial[b * L.chunks + c];
       // w * (sum / D) with the sum rounded to opmath first, as the reference's w * sum / D.
-      loss_ptr[b] = w_ptr[b] * static_cast<opmath_t>(s) / static_cast<opmath_t>(D);
+      loss_ptr[b] = w_ptr[b] * static_cast<opmath_t>(sums[b][0]) / static_cast<opmath_t>(D);
     }
   });
   return {loss, grad};

@@ -1,4 +1,6 @@
-// ATen CPU kernel of rmmd_core::posterior_step, the posterior / DDIM(eta) step (method.md §a.4, §e K1):
+// ATen CPU kernels of rmmd_core::posterior_step, the posterior / DDIM(eta) step (method.md §a.4, §e K1),
+// and of rmmd_core::denoise_step, the same step on folded coefficients with an optional x0 output
+// (rmmd_core/ops/denoise_reference.py explains the fold):
 //
 //   z_s[b, j] = A[b] * z_t[b, j] + C[b] * x_hat[b, j] + gamma[b] * n[b * D + j],
 //   n[i]      = philox randn(seed, offset + i)      (csrc/common/philox.h, Triton's tl.randn stream)
@@ -69,15 +71,19 @@ void fill_noise(uint64_t seed, uint64_t counter0, int64_t count, bool simd_ok, f
 }
 
 // One run of `count` elements that all belong to the same sample (so share a, c, g). `counter0` is
-// offset + the logical index of the first element.
-template <typename scalar_t, typename opmath_t>
+// offset + the logical index of the first element. WithX0 (denoise_step with want_x0) also writes
+// x0 = xa * z + xc * x from the same loads, in the same loop.
+template <bool WithX0, typename scalar_t, typename opmath_t>
 void step_run(const scalar_t* z, const scalar_t* x, scalar_t* out, int64_t count, opmath_t a, opmath_t c,
-              opmath_t g, uint64_t seed, uint64_t counter0, bool simd_ok) {
+              opmath_t g, uint64_t seed, uint64_t counter0, bool simd_ok, scalar_t* x0_out, opmath_t xa,
+              opmath_t xc) {
   if (g == opmath_t(0)) {
     // Deterministic samples (eta = 0, or the final step into s = 0) skip noise generation entirely;
     // this loop is bandwidth-bound and auto-vectorises.
     for (int64_t j = 0; j < count; ++j) {
-      out[j] = static_cast<scalar_t>(a * static_cast<opmath_t>(z[j]) + c * static_cast<opmath_t>(x[j]));
+      const opmath_t zj = static_cast<opmath_t>(z[j]), xj = static_cast<opmath_t>(x[j]);
+      out[j] = static_cast<scalar_t>(a * zj + c * xj);
+      if constexpr (WithX0) x0_out[j] = static_cast<scalar_t>(xa * zj + xc * xj);
     }
     return;
   }
@@ -87,26 +93,25 @@ void step_run(const scalar_t* z, const scalar_t* x, scalar_t* out, int64_t count
     fill_noise(seed, counter0 + static_cast<uint64_t>(j0), m, simd_ok, noise);
     for (int64_t l = 0; l < m; ++l) {
       const int64_t j = j0 + l;
+      const opmath_t zj = static_cast<opmath_t>(z[j]), xj = static_cast<opmath_t>(x[j]);
       // Same association as the reference: (A z + C x) + gamma n.
-      out[j] = static_cast<scalar_t>(a * static_cast<opmath_t>(z[j]) + c * static_cast<opmath_t>(x[j]) +
-                                     g * static_cast<opmath_t>(noise[l]));
+      out[j] = static_cast<scalar_t>(a * zj + c * xj + g * static_cast<opmath_t>(noise[l]));
+      if constexpr (WithX0) x0_out[j] = static_cast<scalar_t>(xa * zj + xc * xj);
     }
   }
 }
 
-}  // namespace
-
-at::Tensor posterior_step_cpu_kernel(const at::Tensor& z_t, const at::Tensor& x_hat, const at::Tensor& A,
-                                     const at::Tensor& C, const at::Tensor& gamma, int64_t seed,
-                                     int64_t offset) {
+// Shared body of posterior_step and denoise_step: z_s = A z + C x + gamma n, plus x0 = xa z + xc x when
+// x0_out is defined. Each run reads z and x once for both outputs (the x0 loop leaves them in L1).
+void affine_step(const at::Tensor& z_t, const at::Tensor& x_hat, const at::Tensor& A, const at::Tensor& C,
+                 const at::Tensor& gamma, int64_t seed, int64_t offset, const at::Tensor& out,
+                 const at::Tensor* xa_coef, const at::Tensor* xc_coef, const at::Tensor* x0_out) {
   // One copy for strided inputs; a no-op for the common contiguous case.
   const at::Tensor z = z_t.contiguous();
   const at::Tensor x = x_hat.contiguous();
-  at::Tensor out = at::empty(z_t.sizes(), z_t.options().memory_format(at::MemoryFormat::Contiguous));
-
   const int64_t numel = z.numel();
   if (numel == 0) {
-    return out;
+    return;
   }
   const int64_t per_sample = numel / z.size(0);  // D; z.size(0) > 0 because numel > 0
 
@@ -116,13 +121,19 @@ at::Tensor posterior_step_cpu_kernel(const at::Tensor& z_t, const at::Tensor& x_
     const at::Tensor a = A.to(coef_dtype).contiguous();
     const at::Tensor c = C.to(coef_dtype).contiguous();
     const at::Tensor g = gamma.to(coef_dtype).contiguous();
+    const bool with_x0 = x0_out != nullptr;
+    const at::Tensor xa = with_x0 ? xa_coef->to(coef_dtype).contiguous() : at::Tensor();
+    const at::Tensor xc = with_x0 ? xc_coef->to(coef_dtype).contiguous() : at::Tensor();
 
     const scalar_t* z_ptr = z.const_data_ptr<scalar_t>();
     const scalar_t* x_ptr = x.const_data_ptr<scalar_t>();
     scalar_t* out_ptr = out.mutable_data_ptr<scalar_t>();
+    scalar_t* x0_ptr = with_x0 ? x0_out->mutable_data_ptr<scalar_t>() : nullptr;
     const opmath_t* a_ptr = a.const_data_ptr<opmath_t>();
     const opmath_t* c_ptr = c.const_data_ptr<opmath_t>();
     const opmath_t* g_ptr = g.const_data_ptr<opmath_t>();
+    const opmath_t* xa_ptr = with_x0 ? xa.const_data_ptr<opmath_t>() : nullptr;
+    const opmath_t* xc_ptr = with_x0 ? xc.const_data_ptr<opmath_t>() : nullptr;
     const uint64_t seed_u = static_cast<uint64_t>(seed);
     const uint64_t offset_u = static_cast<uint64_t>(offset);
     const bool simd_ok = use_simd_noise();
@@ -134,13 +145,48 @@ at::Tensor posterior_step_cpu_kernel(const at::Tensor& z_t, const at::Tensor& x_
       while (i < end) {
         const int64_t b = i / per_sample;
         const int64_t run_end = std::min(end, (b + 1) * per_sample);
-        step_run<scalar_t, opmath_t>(z_ptr + i, x_ptr + i, out_ptr + i, run_end - i, a_ptr[b], c_ptr[b],
-                                     g_ptr[b], seed_u, offset_u + static_cast<uint64_t>(i), simd_ok);
+        const uint64_t counter0 = offset_u + static_cast<uint64_t>(i);
+        if (with_x0) {
+          step_run<true>(z_ptr + i, x_ptr + i, out_ptr + i, run_end - i, a_ptr[b], c_ptr[b], g_ptr[b], seed_u,
+                         counter0, simd_ok, x0_ptr + i, xa_ptr[b], xc_ptr[b]);
+        } else {
+          step_run<false>(z_ptr + i, x_ptr + i, out_ptr + i, run_end - i, a_ptr[b], c_ptr[b], g_ptr[b], seed_u,
+                          counter0, simd_ok, static_cast<scalar_t*>(nullptr), opmath_t(0), opmath_t(0));
+        }
         i = run_end;
       }
     });
   });
+}
+
+at::Tensor new_output(const at::Tensor& like) {
+  // Always a fresh contiguous tensor of like's shape, as the fake kernels promise.
+  return at::empty(like.sizes(), like.options().memory_format(at::MemoryFormat::Contiguous));
+}
+
+}  // namespace
+
+at::Tensor posterior_step_cpu_kernel(const at::Tensor& z_t, const at::Tensor& x_hat, const at::Tensor& A,
+                                     const at::Tensor& C, const at::Tensor& gamma, int64_t seed,
+                                     int64_t offset) {
+  at::Tensor out = new_output(z_t);
+  affine_step(z_t, x_hat, A, C, gamma, seed, offset, out, nullptr, nullptr, nullptr);
   return out;
+}
+
+std::tuple<at::Tensor, at::Tensor> denoise_step_cpu_kernel(const at::Tensor& z_t, const at::Tensor& net_out,
+                                                           const at::Tensor& P, const at::Tensor& Q,
+                                                           const at::Tensor& gamma, const at::Tensor& a,
+                                                           const at::Tensor& c, int64_t seed, int64_t offset,
+                                                           bool want_x0) {
+  at::Tensor z_s = new_output(z_t);
+  if (!want_x0) {
+    affine_step(z_t, net_out, P, Q, gamma, seed, offset, z_s, nullptr, nullptr, nullptr);
+    return {z_s, at::empty({0}, z_t.options())};
+  }
+  at::Tensor x0 = new_output(z_t);
+  affine_step(z_t, net_out, P, Q, gamma, seed, offset, z_s, &a, &c, &x0);
+  return {z_s, x0};
 }
 
 }  // namespace rmmd

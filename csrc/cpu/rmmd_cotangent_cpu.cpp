@@ -33,66 +33,49 @@ using Layout = SampleChunks;
 
 // Pass 1 of the DMD normaliser: sum_j |x0 - m_ref| per task.
 template <typename scalar_t, typename opmath_t>
-void abs_partials(const Layout& L, const scalar_t* x0, const scalar_t* m_ref, std::vector<double>& partial) {
-  at::parallel_for(0, L.tasks(), 1, [&](int64_t t0, int64_t t1) {
-    for (int64_t t = t0; t < t1; ++t) {
-      double total = 0.0;
-      for (int64_t i0 = L.begin(t); i0 < L.end(t); i0 += kInner) {
-        const int64_t i1 = std::min(L.end(t), i0 + kInner);
-        opmath_t acc = 0;
+TaskSums<1> abs_partials(const Layout& L, const scalar_t* x0, const scalar_t* m_ref) {
+  return chunked_sums<1>(L, [&](int64_t, int64_t i0, int64_t i1) {
+    opmath_t acc = 0;
 #pragma omp simd reduction(+ : acc)
-        for (int64_t i = i0; i < i1; ++i) {
-          const opmath_t v = static_cast<opmath_t>(x0[i]) - static_cast<opmath_t>(m_ref[i]);
-          acc += v < 0 ? -v : v;
-        }
-        total += static_cast<double>(acc);
-      }
-      partial[t] = total;
+    for (int64_t i = i0; i < i1; ++i) {
+      const opmath_t v = static_cast<opmath_t>(x0[i]) - static_cast<opmath_t>(m_ref[i]);
+      acc += v < 0 ? -v : v;
     }
+    return std::array<opmath_t, 1>{acc};
   });
 }
 
 // Pass 2: g and the four per-task sums (x0 . d, sum d^2, sum g_R^2, sum e^2) with d = m_stu - m_ref,
 // e = x0 - a. HAS_R / HAS_A are compile-time so absent inputs cost nothing in the loop.
 template <typename scalar_t, typename opmath_t, bool HAS_R, bool HAS_A>
-void assemble(const Layout& L, const scalar_t* x0, const scalar_t* m_stu, const scalar_t* m_ref,
-              const scalar_t* g_r, const scalar_t* anchor, const opmath_t* w_eff, opmath_t lam_s,
-              opmath_t reg_s, opmath_t scale, scalar_t* out, std::vector<std::array<double, 4>>& partial) {
-  at::parallel_for(0, L.tasks(), 1, [&](int64_t t0, int64_t t1) {
-    for (int64_t t = t0; t < t1; ++t) {
-      const opmath_t we = w_eff[t / L.chunks];
-      std::array<double, 4> total{0.0, 0.0, 0.0, 0.0};
-      for (int64_t i0 = L.begin(t); i0 < L.end(t); i0 += kInner) {
-        const int64_t i1 = std::min(L.end(t), i0 + kInner);
-        opmath_t s_xd = 0, s_dd = 0, s_rr = 0, s_ee = 0;
+TaskSums<4> assemble(const Layout& L, const scalar_t* x0, const scalar_t* m_stu, const scalar_t* m_ref,
+                     const scalar_t* g_r, const scalar_t* anchor, const opmath_t* w_eff, opmath_t lam_s,
+                     opmath_t reg_s, opmath_t scale, scalar_t* out) {
+  return chunked_sums<4>(L, [&](int64_t t, int64_t i0, int64_t i1) {
+    const opmath_t we = w_eff[L.sample(t)];
+    opmath_t s_xd = 0, s_dd = 0, s_rr = 0, s_ee = 0;
 #pragma omp simd reduction(+ : s_xd, s_dd, s_rr, s_ee)
-        for (int64_t i = i0; i < i1; ++i) {
-          const opmath_t x = static_cast<opmath_t>(x0[i]);
-          const opmath_t d = static_cast<opmath_t>(m_stu[i]) - static_cast<opmath_t>(m_ref[i]);
-          const opmath_t g_mm = we * d;
-          // Same association as the reference: ((w d) scale - (scale lam) r) + (2 scale lam_reg) e.
-          opmath_t g = g_mm * scale;
-          s_xd += x * g_mm;
-          s_dd += d * d;
-          if constexpr (HAS_R) {
-            const opmath_t r = static_cast<opmath_t>(g_r[i]);
-            g -= lam_s * r;
-            s_rr += r * r;
-          }
-          if constexpr (HAS_A) {
-            const opmath_t e = x - static_cast<opmath_t>(anchor[i]);
-            g += reg_s * e;
-            s_ee += e * e;
-          }
-          out[i] = static_cast<scalar_t>(g);
-        }
-        total[0] += static_cast<double>(s_xd);
-        total[1] += static_cast<double>(s_dd);
-        total[2] += static_cast<double>(s_rr);
-        total[3] += static_cast<double>(s_ee);
+    for (int64_t i = i0; i < i1; ++i) {
+      const opmath_t x = static_cast<opmath_t>(x0[i]);
+      const opmath_t d = static_cast<opmath_t>(m_stu[i]) - static_cast<opmath_t>(m_ref[i]);
+      const opmath_t g_mm = we * d;
+      // Same association as the reference: ((w d) scale - (scale lam) r) + (2 scale lam_reg) e.
+      opmath_t g = g_mm * scale;
+      s_xd += x * g_mm;
+      s_dd += d * d;
+      if constexpr (HAS_R) {
+        const opmath_t r = static_cast<opmath_t>(g_r[i]);
+        g -= lam_s * r;
+        s_rr += r * r;
       }
-      partial[t] = total;
+      if constexpr (HAS_A) {
+        const opmath_t e = x - static_cast<opmath_t>(anchor[i]);
+        g += reg_s * e;
+        s_ee += e * e;
+      }
+      out[i] = static_cast<scalar_t>(g);
     }
+    return std::array<opmath_t, 4>{s_xd, s_dd, s_rr, s_ee};
   });
 }
 
@@ -137,44 +120,41 @@ std::tuple<at::Tensor, at::Tensor> rmmd_cotangent_cpu_kernel(const at::Tensor& x
     const at::Tensor w_op = w.to(stats_dtype).contiguous();
     std::vector<opmath_t> w_eff(w_op.const_data_ptr<opmath_t>(), w_op.const_data_ptr<opmath_t>() + batch);
     if (dmd) {
-      std::vector<double> abs_part(L.tasks());
-      abs_partials<scalar_t, opmath_t>(L, x_ptr, mr_ptr, abs_part);
+      const TaskSums<1> abs_sums = per_sample_sums(L, abs_partials<scalar_t, opmath_t>(L, x_ptr, mr_ptr));
       for (int64_t b = 0; b < batch; ++b) {
-        double s = 0.0;
-        for (int64_t c = 0; c < L.chunks; ++c) s += abs_part[b * L.chunks + c];
+        const double s = abs_sums[b][0];
         // mabs and the division in opmath, as the reference: w / (mean|x0 - m_ref| + eps)
         const opmath_t mabs = D > 0 ? static_cast<opmath_t>(s / static_cast<double>(D)) : opmath_t(0);
         w_eff[b] = w_eff[b] / (mabs + static_cast<opmath_t>(dmd_eps));
       }
     }
 
-    std::vector<std::array<double, 4>> part(L.tasks());
+    TaskSums<4> part(L.tasks(), std::array<double, 4>{});  // stays zero when numel == 0
     // Term coefficients are products of doubles rounded once to opmath, like the reference's.
     const opmath_t lam_o = static_cast<opmath_t>(lam * scale);
     const opmath_t two_reg = static_cast<opmath_t>(2.0 * lam_reg * scale);
     const opmath_t scale_o = static_cast<opmath_t>(scale);
     scalar_t* out_ptr = out.mutable_data_ptr<scalar_t>();
     if (numel > 0) {
+      const auto* w_ptr = w_eff.data();
       if (has_r && has_a) {
-        assemble<scalar_t, opmath_t, true, true>(L, x_ptr, ms_ptr, mr_ptr, r_ptr, a_ptr, w_eff.data(), lam_o, two_reg,
-                                                 scale_o, out_ptr, part);
+        part = assemble<scalar_t, opmath_t, true, true>(L, x_ptr, ms_ptr, mr_ptr, r_ptr, a_ptr, w_ptr, lam_o, two_reg,
+                                                        scale_o, out_ptr);
       } else if (has_r) {
-        assemble<scalar_t, opmath_t, true, false>(L, x_ptr, ms_ptr, mr_ptr, r_ptr, a_ptr, w_eff.data(), lam_o,
-                                                  two_reg, scale_o, out_ptr, part);
+        part = assemble<scalar_t, opmath_t, true, false>(L, x_ptr, ms_ptr, mr_ptr, r_ptr, a_ptr, w_ptr, lam_o, two_reg,
+                                                         scale_o, out_ptr);
       } else if (has_a) {
-        assemble<scalar_t, opmath_t, false, true>(L, x_ptr, ms_ptr, mr_ptr, r_ptr, a_ptr, w_eff.data(), lam_o,
-                                                  two_reg, scale_o, out_ptr, part);
+        part = assemble<scalar_t, opmath_t, false, true>(L, x_ptr, ms_ptr, mr_ptr, r_ptr, a_ptr, w_ptr, lam_o, two_reg,
+                                                         scale_o, out_ptr);
       } else {
-        assemble<scalar_t, opmath_t, false, false>(L, x_ptr, ms_ptr, mr_ptr, r_ptr, a_ptr, w_eff.data(), lam_o,
-                                                   two_reg, scale_o, out_ptr, part);
+        part = assemble<scalar_t, opmath_t, false, false>(L, x_ptr, ms_ptr, mr_ptr, r_ptr, a_ptr, w_ptr, lam_o, two_reg,
+                                                          scale_o, out_ptr);
       }
     }
     const double inv_d = D > 0 ? 1.0 / static_cast<double>(D) : 0.0;
+    const TaskSums<4> sums = per_sample_sums(L, part);
     for (int64_t b = 0; b < batch; ++b) {
-      std::array<double, 4> s{0.0, 0.0, 0.0, 0.0};
-      for (int64_t c = 0; c < L.chunks && numel > 0; ++c) {
-        for (int k = 0; k < 4; ++k) s[k] += part[b * L.chunks + c][k];
-      }
+      const std::array<double, 4>& s = sums[b];
       const double we = static_cast<double>(w_eff[b]);
       const double sc = scale;
       st[b * 6 + 0] = static_cast<opmath_t>(s[0] * inv_d);

@@ -6,8 +6,13 @@
 // thread count.
 #pragma once
 
+#include <ATen/Parallel.h>
+
 #include <algorithm>
+#include <array>
+#include <cstddef>
 #include <cstdint>
+#include <vector>
 
 namespace rmmd {
 
@@ -27,5 +32,42 @@ struct SampleChunks {
   int64_t begin(int64_t task) const { return (task / chunks) * per_sample + (task % chunks) * kChunk; }
   int64_t end(int64_t task) const { return std::min((task / chunks + 1) * per_sample, begin(task) + kChunk); }
 };
+
+// K partial sums per (sample, chunk) task, in double.
+template <std::size_t K>
+using TaskSums = std::vector<std::array<double, K>>;
+
+// The reduction skeleton shared by the kernels with per-sample sums: in parallel over tasks, calls
+// `block(task, i0, i1)` on each kInner-element block [i0, i1) of the task, in order; `block` writes its
+// element-wise outputs and returns the K sums of the block in opmath (its loop vectorises with
+// `omp simd reduction`), which are added in double into the task's partials. Returns tasks() partials.
+template <std::size_t K, typename Block>
+TaskSums<K> chunked_sums(const SampleChunks& L, Block&& block) {
+  TaskSums<K> partial(L.tasks(), std::array<double, K>{});
+  at::parallel_for(0, L.tasks(), 1, [&](int64_t t0, int64_t t1) {
+    for (int64_t t = t0; t < t1; ++t) {
+      std::array<double, K> total{};
+      for (int64_t i0 = L.begin(t); i0 < L.end(t); i0 += kInner) {
+        const auto sums = block(t, i0, std::min(L.end(t), i0 + kInner));
+        for (std::size_t k = 0; k < K; ++k) total[k] += static_cast<double>(sums[k]);
+      }
+      partial[t] = total;
+    }
+  });
+  return partial;
+}
+
+// Per-sample totals: each sample's chunk partials summed in chunk order, so results do not depend on
+// the thread count. Returns batch entries.
+template <std::size_t K>
+TaskSums<K> per_sample_sums(const SampleChunks& L, const TaskSums<K>& partial) {
+  TaskSums<K> out(L.batch, std::array<double, K>{});
+  for (int64_t b = 0; b < L.batch; ++b) {
+    for (int64_t c = 0; c < L.chunks; ++c) {
+      for (std::size_t k = 0; k < K; ++k) out[b][k] += partial[b * L.chunks + c][k];
+    }
+  }
+  return out;
+}
 
 }  // namespace rmmd

@@ -38,6 +38,7 @@ from . import aux_loss as _aux_loss_module  # noqa: E402,F401  (K6 fake + autogr
 from . import renoise as _renoise_module  # noqa: E402,F401  (K2 fake + autograd registrations)
 from . import image_rewards as _image_rewards_module  # noqa: E402,F401  (K4a/K4b fake + autograd registrations)
 from . import ema as _ema_module  # noqa: E402,F401  (K9 fake registrations)
+from . import denoise_step as _denoise_step_module  # noqa: E402,F401  (K1/K3 fake + autograd registrations)
 from .dispatch import (  # noqa: E402
     BACKENDS,
     available_backends,
@@ -55,11 +56,14 @@ from .image_rewards import grayscale_reward, laplacian_reward  # noqa: E402
 from .ema import ema_update  # noqa: E402
 from .reward_reference import grayscale_reward_ref, laplacian_reward_ref  # noqa: E402
 from .ema_reference import ema_update_ref  # noqa: E402
+from .denoise_step import denoise_step  # noqa: E402
+from .denoise_reference import denoise_step_ref, fold_denoise_coefficients  # noqa: E402
 
 dispatch.refresh(_C_IMPORT_ERROR, _TRITON_IMPORT_ERROR, _TRITON_INTERPRETER)
 
 __all__ = [
-    "BACKENDS", "COTANGENT_STATS", "aux_loss", "aux_loss_ref", "available_backends", "backend_reasons", "philox_randn",
+    "BACKENDS", "COTANGENT_STATS", "aux_loss", "aux_loss_ref", "available_backends", "backend_reasons", "denoise_step",
+    "denoise_step_ref", "fold_denoise_coefficients", "philox_randn",
     "philox_randn_ref", "posterior_step", "posterior_step_ref", "renoise", "renoise_ref", "resolve_backend",
     "rmmd_cotangent", "rmmd_cotangent_ref",
     "grayscale_reward", "grayscale_reward_ref", "laplacian_reward", "laplacian_reward_ref", "ema_update",

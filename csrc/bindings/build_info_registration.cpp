@@ -1,0 +1,56 @@
+// rmmd_core::build_info: how this extension was built and which CPU paths it takes on this machine, for
+// `python -m rmmd_core.info` (rmmd_core/info.py). Not a kernel: a schema with a catch-all implementation.
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <cstdlib>
+#include <cstring>
+#include <sstream>
+#include <string>
+
+#include "../cpu/randn_simd.h"
+
+namespace rmmd {
+namespace {
+
+// "key=value" pairs separated by single spaces; the Python side parses them.
+std::string build_info() {
+  std::ostringstream out;
+#if defined(RMMD_HAVE_AVX2_PATH)
+  const bool avx2_path = true;
+  const bool cpu_avx2 = simd::cpu_has_avx2_fma();
+#else
+  const bool avx2_path = false;
+  const bool cpu_avx2 = false;
+#endif
+  const char* env = std::getenv("RMMD_CORE_CPU_SIMD");
+  const bool simd_disabled = env != nullptr && std::strcmp(env, "0") == 0;
+#if defined(_OPENMP)
+  out << "openmp=" << _OPENMP;
+#else
+  out << "openmp=0";
+#endif
+  out << " aten_threads=" << at::get_num_threads();
+  out << " avx2_path_compiled=" << avx2_path << " cpu_avx2_fma=" << cpu_avx2
+      << " avx2_noise_used=" << (avx2_path && cpu_avx2 && !simd_disabled);
+#if defined(__clang__)
+  out << " compiler=clang-" << __clang_major__ << "." << __clang_minor__;
+#elif defined(__GNUC__)
+  out << " compiler=gcc-" << __GNUC__ << "." << __GNUC_MINOR__;
+#endif
+#if defined(NDEBUG)
+  out << " build=release";
+#else
+  out << " build=debug";
+#endif
+  return out.str();
+}
+
+}  // namespace
+
+TORCH_LIBRARY_FRAGMENT(rmmd_core, m) {
+  // Build and CPU-path facts of rmmd_core._C as "key=value" pairs (see rmmd_core/info.py). No tensors.
+  m.def("build_info() -> str", &build_info);
+}
+
+}  // namespace rmmd

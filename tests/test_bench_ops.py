@@ -1,0 +1,55 @@
+"""benchmarks/bench_ops.py --smoke: every registered case times, the memory probe measures, files are written.
+
+No timing assertions (speed targets live in the benchmark's own report); this checks that the benchmark
+runs every op on every available backend and that its numbers are real measurements."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import pathlib
+import sys
+
+import pytest
+import torch
+
+_PATH = pathlib.Path(__file__).resolve().parents[1] / "benchmarks" / "bench_ops.py"
+sys.path.insert(0, str(_PATH.parent))
+_spec = importlib.util.spec_from_file_location("bench_ops", _PATH)
+bench_ops = importlib.util.module_from_spec(_spec)
+sys.modules.setdefault("bench_ops", bench_ops)  # dataclasses resolve annotations through sys.modules
+_spec.loader.exec_module(bench_ops)
+
+
+def test_smoke_run_covers_every_case_and_writes_json_and_png(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    assert bench_ops.main(["--smoke", "--out", str(out)]) == 0
+    data = json.loads(out.read_text())
+    assert (tmp_path / "bench.png").stat().st_size > 1000
+    rows = data["rows"]
+    assert {r["case"] for r in rows} == set(bench_ops.CASES)
+    for r in rows:
+        assert r["ms"] > 0 and r["gbs"] > 0 and r["copy_gbs"] > 0 and r["extra_mib"] is not None
+        assert r["provider"] != "reference_compiled"  # --smoke skips compilation
+    text = capsys.readouterr().out
+    assert "| case | dtype | elements | provider |" in text and "Targets" in text
+
+
+def test_memory_probe_sees_temporaries_and_not_outputs():
+    n = 1 << 16
+    x = torch.randn(n)
+    # an output only: no extra memory beyond a few bytes
+    assert bench_ops.peak_extra_bytes(lambda: x * 2, "cpu") < 1024  # (a 0-d scalar operand may appear)
+    # two float32 temporaries alive at once, then one output
+    assert bench_ops.peak_extra_bytes(lambda: (x * 2 + 1) * 3, "cpu") >= 4 * n
+    # the eager Philox reference materialises int64 counters; the fused CPU kernel needs none
+    case = bench_ops.CASES["renoise"]
+    args = case.inputs(n, torch.float32, "cpu")
+    assert bench_ops.peak_extra_bytes(lambda: case.reference(args), "cpu") >= 8 * n
+    if "cpu" in bench_ops._providers("cpu", "renoise"):
+        assert bench_ops.peak_extra_bytes(lambda: case.fused(args, "cpu"), "cpu") < 4096
+
+
+def test_register_case_rejects_duplicates():
+    with pytest.raises(ValueError, match="already registered"):
+        bench_ops.register_case("renoise", bench_ops.CASES["renoise"])
