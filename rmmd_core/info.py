@@ -28,7 +28,9 @@ import torch
 from . import ops
 from .ops import dispatch
 from .ops.denoise_reference import denoise_step_ref
+from .ops.ema_reference import ema_update_ref
 from .ops.reference import aux_loss_ref, posterior_step_ref, renoise_ref, rmmd_cotangent_ref
+from .ops.reward_reference import grayscale_reward_ref, laplacian_reward_ref
 
 __all__ = ["SELF_TESTS", "collect", "format_report", "main", "self_test"]
 
@@ -72,9 +74,30 @@ def _aux_loss(backend: str):
     return ops.aux_loss(*t, w, backend=backend), aux_loss_ref(*t, w)
 
 
+def _grayscale_reward(backend: str):
+    x = _rand(2, 3, 7, 11)
+    return ops.grayscale_reward(x, backend=backend), grayscale_reward_ref(x)
+
+
+def _laplacian_reward(backend: str):
+    x = _rand(2, 3, 7, 11)
+    return ops.laplacian_reward(x, backend=backend), laplacian_reward_ref(x)
+
+
+def _ema_update(backend: str):
+    # a mixed-dtype pair list as the engine passes it (fp32 EMA of bf16 params), updated in place
+    params = [_rand(257), _rand(5, 3).to(torch.bfloat16)]
+    ema = [_rand(257), _rand(5, 3)]
+    ema_ref = [e.clone() for e in ema]
+    ops.ema_update(ema, params, 0.9, backend=backend)
+    ema_update_ref(ema_ref, params, 0.9)
+    return ema, ema_ref
+
+
 SELF_TESTS: dict[str, Callable[[str], tuple]] = {
     "posterior_step": _posterior_step, "renoise": _renoise, "denoise_step": _denoise_step,
-    "rmmd_cotangent": _rmmd_cotangent, "aux_loss": _aux_loss,
+    "rmmd_cotangent": _rmmd_cotangent, "aux_loss": _aux_loss, "grayscale_reward": _grayscale_reward,
+    "laplacian_reward": _laplacian_reward, "ema_update": _ema_update,
 }
 """op -> ``backend -> (outputs, reference outputs)``; ops added elsewhere register here to be self-tested."""
 
