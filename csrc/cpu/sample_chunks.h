@@ -44,7 +44,11 @@ using TaskSums = std::vector<std::array<double, K>>;
 template <std::size_t K, typename Block>
 TaskSums<K> chunked_sums(const SampleChunks& L, Block&& block) {
   TaskSums<K> partial(L.tasks(), std::array<double, K>{});
-  at::parallel_for(0, L.tasks(), 1, [&](int64_t t0, int64_t t1) {
+  // At least ~kChunk elements per thread: with small samples (2-D toys, D = 2) a grain of one task
+  // would wake the whole pool for a few bytes each, which costs 20-50 ms on a loaded machine; inputs
+  // under kChunk elements now run inline on the calling thread.
+  const int64_t grain = std::max<int64_t>(1, kChunk / std::clamp<int64_t>(L.per_sample, 1, kChunk));
+  at::parallel_for(0, L.tasks(), grain, [&](int64_t t0, int64_t t1) {
     for (int64_t t = t0; t < t1; ++t) {
       std::array<double, K> total{};
       for (int64_t i0 = L.begin(t); i0 < L.end(t); i0 += kInner) {
