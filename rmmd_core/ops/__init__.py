@@ -36,6 +36,7 @@ from . import dispatch  # noqa: E402
 from . import rmmd_cotangent as _rmmd_cotangent_module  # noqa: E402,F401  (K5 fake + autograd registrations)
 from . import aux_loss as _aux_loss_module  # noqa: E402,F401  (K6 fake + autograd registrations)
 from . import renoise as _renoise_module  # noqa: E402,F401  (K2 fake + autograd registrations)
+from . import crps as _crps_module  # noqa: E402,F401  (K4c / K10 fake + autograd registrations)
 from .dispatch import (  # noqa: E402
     BACKENDS,
     available_backends,
@@ -49,6 +50,8 @@ from .reference import (  # noqa: E402
 from .rmmd_cotangent import rmmd_cotangent  # noqa: E402
 from .aux_loss import aux_loss  # noqa: E402
 from .renoise import renoise  # noqa: E402
+from .crps import crps_fair, forecast_stats  # noqa: E402
+from .crps_reference import ForecastStats, crps_fair_ref, forecast_stats_ref  # noqa: E402
 
 dispatch.refresh(_C_IMPORT_ERROR, _TRITON_IMPORT_ERROR, _TRITON_INTERPRETER)
 
@@ -56,4 +59,5 @@ __all__ = [
     "BACKENDS", "COTANGENT_STATS", "aux_loss", "aux_loss_ref", "available_backends", "backend_reasons", "philox_randn",
     "philox_randn_ref", "posterior_step", "posterior_step_ref", "renoise", "renoise_ref", "resolve_backend",
     "rmmd_cotangent", "rmmd_cotangent_ref",
+    "ForecastStats", "crps_fair", "crps_fair_ref", "forecast_stats", "forecast_stats_ref",
 ]

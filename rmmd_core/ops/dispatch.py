@@ -37,7 +37,7 @@ __all__ = [
 BACKEND_ENV = "RMMD_CORE_BACKEND"
 BACKENDS = ("reference", "cpu", "triton", "cuda")
 _AUTO_ORDER = ("cuda", "triton", "cpu", "reference")
-_OPS = ("posterior_step", "renoise", "rmmd_cotangent", "aux_loss")
+_OPS = ("posterior_step", "renoise", "rmmd_cotangent", "aux_loss", "crps_fair", "forecast_stats")
 _DATA_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 _INSTALL_HINT = "rebuild it with `pip install --no-build-isolation -e .` from the repository root"
 

@@ -16,6 +16,7 @@ import triton
 from . import posterior_step  # noqa: F401  (registers rmmd_core::posterior_step_triton, renoise_triton)
 from . import rmmd_cotangent  # noqa: F401  (registers rmmd_core::rmmd_cotangent_triton)
 from . import aux_loss  # noqa: F401  (registers rmmd_core::aux_loss_triton)
+from . import crps  # noqa: F401  (registers rmmd_core::crps_fair_triton, forecast_stats_triton)
 
 __all__ = ["interpreter_mode"]
 
