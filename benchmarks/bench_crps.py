@@ -17,11 +17,12 @@ ones inside C++ kernels; std::vector scratch of the CPU kernel, O(M·64) per thr
 ratio to the input bytes (ens + target). The gradient output alone is ~M/(M+1) of the inputs, so
 ``with_grad`` runs cannot go below that; ``--no-grad`` measures the value only.
 
+Speed-ups are ``naive ms / method ms`` and ``compiled ms / method ms`` from the same run and shape.
 Naive pairwise runs whose estimated footprint (3 M^2 B D floats: the broadcast, its abs and the backward's
 sign) exceeds ``--mem-budget-gb`` are skipped and reported as such.
 
     python benchmarks/bench_crps.py [--members 2,8,32,64] [--sizes 65536,1048576] [--batch 1]
-        [--repeats 3] [--mem-budget-gb 6] [--no-compile] [--no-grad] [--device cpu|cuda]
+        [--repeats 3] [--mem-budget-gb 6] [--threads 0] [--no-compile] [--no-grad] [--device cpu|cuda]
         [--json out.json] [--markdown out.md] [--smoke]
 """
 from __future__ import annotations
@@ -99,8 +100,9 @@ def _methods(device: torch.device, compile_: bool, grad: bool):
     methods["reference_sorted"] = lambda e, t: crps_fair_ref(e, t, with_grad=grad)
     for backend in ("cpu", "triton", "cuda"):
         reasons = ops.backend_reasons("crps_fair", torch.empty(0, device=device))[backend]
-        if backend == "triton" and device.type == "cpu":
-            reasons = reasons or ["Triton interpreter (not timed)"]
+        if backend in ("triton", "cuda") and device.type == "cpu":
+            reasons = ["not timed: needs a GPU" + (" (the Triton interpreter is a test tool)" if backend == "triton"
+                                                   else "")]
         methods[f"fused_{backend}"] = (reasons if reasons else
                                        (lambda b: lambda e, t: ops.crps_fair(e, t, with_grad=grad, backend=b))(backend))
     return methods
@@ -110,7 +112,13 @@ def _time(fn, repeats: int, device: torch.device) -> float:
     def sync():
         if device.type == "cuda":
             torch.cuda.synchronize(device)
+
+    sync()
+    t0 = time.perf_counter()
     fn()  # warm-up (and compilation)
+    sync()
+    if time.perf_counter() - t0 > 2.0:
+        repeats = 1  # slow baselines at large sizes: one timed call keeps the default run short
     times = []
     for _ in range(repeats):
         sync()
@@ -132,25 +140,29 @@ def bench(members, sizes, batch=1, repeats=3, device="cpu", compile_=True, grad=
             ens = torch.randn(M, batch, D, device=dev)
             target = torch.randn(batch, D, device=dev)
             in_bytes = ens.nbytes + target.nbytes
-            naive_ms = None
+            naive_ms = compiled_ms = None
             for name, fn in methods.items():
                 row = dict(method=name, M=M, B=batch, D=D, input_MB=in_bytes / 2**20, ms=None, peak_MB=None,
-                           peak_over_inputs=None, speedup_vs_naive=None, note="")
+                           peak_over_inputs=None, speedup_vs_naive=None, speedup_vs_compiled=None, note="")
                 if not callable(fn):
                     row["note"] = "; ".join(fn)
-                elif "pairwise" in name and 3 * M * M * batch * D * 4 > mem_budget_gb * 2**30:
+                elif name == "naive_pairwise" and 3 * M * M * batch * D * 4 > mem_budget_gb * 2**30:
                     row["note"] = (f"skipped: needs ~{3 * M * M * batch * D * 4 / 2**30:.1f} GiB "
                                    f"> --mem-budget-gb {mem_budget_gb}")
                 else:
                     call = (lambda f: lambda: f(ens, target))(fn)
-                    row["ms"] = _time(call, repeats if "naive" not in name or D * M * M < 2**26 else 1, dev)
+                    row["ms"] = _time(call, repeats, dev)
                     peak = _cuda_peak(call, dev) if dev.type == "cuda" else peak_bytes(call)
                     row["peak_MB"] = peak / 2**20
                     row["peak_over_inputs"] = peak / in_bytes
                     if name == "naive_pairwise":
                         naive_ms = row["ms"]
+                    if name == "compiled_pairwise":
+                        compiled_ms = row["ms"]
                     if naive_ms is not None:
                         row["speedup_vs_naive"] = naive_ms / row["ms"]
+                    if compiled_ms is not None:
+                        row["speedup_vs_compiled"] = compiled_ms / row["ms"]
                 rows.append(row)
                 log(_fmt_row(row))
             del ens, target
@@ -163,19 +175,31 @@ def _fmt(v, spec):
 
 def _fmt_row(r) -> str:
     return (f"| {r['method']} | {r['M']} | {r['B']} | {r['D']} | {_fmt(r['ms'], '.2f')} | "
-            f"{_fmt(r['speedup_vs_naive'], '.1f')} | {_fmt(r['peak_MB'], '.1f')} | {_fmt(r['peak_over_inputs'], '.2f')} | "
+            f"{_fmt(r['speedup_vs_naive'], '.1f')} | {_fmt(r['speedup_vs_compiled'], '.1f')} | {_fmt(r['peak_MB'], '.1f')} | {_fmt(r['peak_over_inputs'], '.2f')} | "
             f"{r['note']} |")
 
 
-HEADER = ("| method | M | B | D | ms | x naive | peak MB | peak / inputs | note |\n"
-          "|---|---|---|---|---|---|---|---|---|")
+HEADER = ("| method | M | B | D | ms | x naive | x compiled | peak MB | peak / inputs | note |\n"
+          "|---|---|---|---|---|---|---|---|---|---|")
+
+
+def _commit() -> str | None:
+    import subprocess
+    from pathlib import Path
+
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True,
+                              cwd=Path(__file__).resolve().parent).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
 
 
 def machine() -> dict:
     import os
 
     load = os.getloadavg() if hasattr(os, "getloadavg") else None
-    return dict(date=datetime.now(timezone.utc).isoformat(timespec="seconds"), platform=platform.platform(),
+    return dict(date=datetime.now(timezone.utc).isoformat(timespec="seconds"), commit=_commit(),
+                platform=platform.platform(),
                 processor=platform.processor() or platform.machine(), cpu_count=os.cpu_count(),
                 torch_threads=torch.get_num_threads(), torch=torch.__version__, load_average=load,
                 cuda=torch.cuda.get_device_name() if torch.cuda.is_available() else None)
@@ -189,6 +213,7 @@ def main(argv=None) -> list[dict]:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--mem-budget-gb", type=float, default=6.0)
+    p.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
     p.add_argument("--no-compile", action="store_true", help="skip torch.compile of the pairwise form")
     p.add_argument("--no-grad", action="store_true", help="value only (no gradient) for every method")
     p.add_argument("--smoke", action="store_true", help="tiny sizes, one repeat, no compile (seconds)")
@@ -200,6 +225,8 @@ def main(argv=None) -> list[dict]:
     compile_ = not a.no_compile
     if a.smoke:
         members, sizes, a.repeats, compile_ = [2, 8], [4096], 1, False
+    if a.threads > 0:
+        torch.set_num_threads(a.threads)
     info = machine()
     print(f"bench_crps on {info}\n{HEADER}")
     rows = bench(members, sizes, a.batch, a.repeats, a.device, compile_, not a.no_grad, a.mem_budget_gb)
@@ -210,8 +237,9 @@ def main(argv=None) -> list[dict]:
                       f, indent=1)
     if a.markdown:
         with open(a.markdown, "w") as f:
-            f.write(f"bench_crps, {info['date']}, {info['platform']}, {info['cpu_count']} CPUs, torch threads "
-                    f"{info['torch_threads']}, load average {info['load_average']}\n\n{table}")
+            f.write(f"bench_crps, {info['date']}, commit {info['commit']}, {info['platform']}, {info['cpu_count']} "
+                    f"CPUs, torch threads {info['torch_threads']}, load average {info['load_average']}, "
+                    f"with_grad={not a.no_grad}\n\n{table}")
     return rows
 
 

@@ -220,6 +220,15 @@ def test_autograd_matches_reference(M, backend):
             _assert_close(a, e, 1e-14, 1e-12, f"{backend} d/d{name} with_grad={with_grad}")
 
 
+@needs_cpu_op
+@pytest.mark.parametrize("M", [2, 5])
+def test_gradcheck_cpu_op_float64(M):
+    # Piecewise linear: finite differences (eps 1e-6) never cross a kink on these tie-free inputs.
+    ens, target, w = _inputs(M, (2, 3, 4), torch.float64)
+    fn = lambda e, t: ops.crps_fair(e, t, w, with_grad=False, backend="cpu")  # noqa: E731
+    assert torch.autograd.gradcheck(fn, (ens.requires_grad_(True), target.requires_grad_(True)))
+
+
 def test_reference_grad_is_the_autograd_gradient():
     # The op's grad output is what autograd of the value gives (tie-free inputs, sign(0) never hit).
     for M in (2, 6):
@@ -244,8 +253,10 @@ def test_opcheck_cpu(M, requires_grad):
     ens.requires_grad_(requires_grad)
     target.requires_grad_(requires_grad)
     torch.library.opcheck(torch.ops.rmmd_core.crps_fair.default, (ens, target, weight, inv, mask, True))
-    if not requires_grad:
-        torch.library.opcheck(torch.ops.rmmd_core.crps_fair.default, (ens, target, weight, inv, None, False))
+    if not requires_grad:  # no mask, one uniform weight (1,), no gradient output
+        uniform, total, _ = ops.crps._prepare(ens, target, None, None)
+        assert uniform.shape == (1,)
+        torch.library.opcheck(torch.ops.rmmd_core.crps_fair.default, (ens, target, uniform, 1.0 / total, None, False))
     torch.library.opcheck(torch.ops.rmmd_core.forecast_stats.default, (ens.detach(), target.detach(), weight, mask, 4, 7))
 
 

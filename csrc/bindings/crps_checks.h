@@ -26,8 +26,9 @@ inline void check_crps_common_args(const char* op, const at::Tensor& ens, const 
               " but ens is on ", ens.device());
   int64_t D = 1;  // per-sample numel, also for B = 0
   for (int64_t k = 2; k < ens.dim(); ++k) D *= ens.size(k);
-  TORCH_CHECK(weight.dim() == 1 && weight.size(0) == D && weight.scalar_type() == at::kDouble, "rmmd_core::", op,
-              ": weight must be float64 of shape (D,) = (", D, ",), got ", weight.sizes(), " ", weight.scalar_type());
+  TORCH_CHECK(weight.dim() == 1 && (weight.size(0) == D || weight.size(0) == 1) && weight.scalar_type() == at::kDouble,
+              "rmmd_core::", op, ": weight must be float64 of shape (D,) = (", D, ",) or (1,), got ", weight.sizes(),
+              " ", weight.scalar_type());
   TORCH_CHECK(weight.device() == ens.device(), "rmmd_core::", op, ": weight is on ", weight.device(),
               " but ens is on ", ens.device());
   if (mask.has_value()) {

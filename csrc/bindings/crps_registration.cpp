@@ -31,7 +31,8 @@ at::Tensor forecast_stats_cpu(const at::Tensor& ens, const at::Tensor& target, c
 
 TORCH_LIBRARY_FRAGMENT(rmmd_core, m) {
   // Fair ensemble CRPS and its gradient, method.md §c.7 and §e K4c. ens (M, B, *S), M >= 2; target
-  // (B, *S) same dtype; weight (D,) float64: the per-sample-shape weights, flattened; inv_norm (B,)
+  // (B, *S) same dtype; weight (D,) float64: the per-sample-shape weights, flattened, or (1,): one weight
+  // for every element (no D-sized tensor for uniform weights); inv_norm (B,)
   // float64: 1 / sum of the sample's effective weights; mask (B, *S) bool or None. Per element
   // wn = weight[s] * inv_norm[b] * mask, c_i = 2 rank_i - M - 1 (stable ranks):
   //   crps[b]     = sum_s wn ((1/M) sum_i |x_i - y| - (1/(M(M-1))) sum_i c_i x_i)

@@ -51,6 +51,7 @@ std::tuple<at::Tensor, at::Tensor> crps_fair_cuda(const at::Tensor& ens_in, cons
   params.ens = ens.const_data_ptr();
   params.target = target.const_data_ptr();
   params.weight = weight.const_data_ptr<double>();
+  params.weight_stride = weight.numel() == 1 ? 0 : 1;
   params.inv_norm = inv_norm.const_data_ptr<double>();
   params.mask = mask_bytes(mask);
   params.members = M;
@@ -84,6 +85,7 @@ at::Tensor forecast_stats_cuda(const at::Tensor& ens_in, const at::Tensor& targe
   params.ens = ens.const_data_ptr();
   params.target = target.const_data_ptr();
   params.weight = weight.const_data_ptr<double>();
+  params.weight_stride = weight.numel() == 1 ? 0 : 1;
   params.mask = mask_bytes(mask);
   params.members = ens.size(0);
   params.numel = N;

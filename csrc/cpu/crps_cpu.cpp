@@ -95,6 +95,7 @@ struct CrpsArgs {
   const scalar_t* ens;
   const scalar_t* target;
   const double* weight;
+  int64_t weight_stride;  // 1, or 0 for a single weight shared by every element
   const double* inv_norm;
   const bool* mask;  // nullptr: no mask
   scalar_t* grad;    // nullptr: no gradient
@@ -108,7 +109,7 @@ void load_weights(const CrpsArgs<scalar_t, T>& a, int64_t b, int64_t e0, int64_t
   const double inv = a.inv_norm[b];
   for (int64_t k = 0; k < n; ++k) {
     const bool on = a.mask == nullptr || a.mask[e0 + k];
-    wn[k] = on ? static_cast<T>(a.weight[s0 + k] * inv) : T(0);
+    wn[k] = on ? static_cast<T>(a.weight[(s0 + k) * a.weight_stride] * inv) : T(0);
     // A zero-weight element contributes nothing; y = 0 keeps a masked NaN target out of the math.
     y[k] = wn[k] != T(0) ? static_cast<T>(a.target[e0 + k]) : T(0);
   }
@@ -141,6 +142,7 @@ T crps_block(const CrpsArgs<scalar_t, T>& a, Scratch<T>& s, int64_t b, int64_t e
     }
     if (a.grad != nullptr) {
       scalar_t* g = a.grad + i * a.N + e0;
+#pragma omp simd
       for (int64_t k = 0; k < n; ++k) {
         g[k] = static_cast<scalar_t>((sign_of(xi[k] - y[k]) / m - ci[k] / pairs) * wn[k]);
       }
@@ -193,7 +195,8 @@ void crps_tasks(const CrpsArgs<scalar_t, T>& a, const SampleChunks& L, std::vect
 
 // forecast_stats: (variable, chunk) tasks over the plane of P = outer * inner elements of each variable.
 template <typename scalar_t, typename T>
-void stats_tasks(const scalar_t* ens, const scalar_t* target, const double* weight, const bool* mask, int64_t M,
+void stats_tasks(const scalar_t* ens, const scalar_t* target, const double* weight, int64_t weight_stride,
+                 const bool* mask, int64_t M,
                  int64_t N, int64_t D, int64_t V, int64_t inner, int64_t P, int64_t chunks,
                  std::vector<std::array<double, 5>>& partial) {
   at::parallel_for(0, V * chunks, 1, [&](int64_t t0, int64_t t1) {
@@ -211,7 +214,7 @@ void stats_tasks(const scalar_t* ens, const scalar_t* target, const double* weig
           const int64_t p = p0 + k;
           const int64_t e = (p / inner) * V * inner + v * inner + p % inner;
           idx[k] = e;
-          w[k] = (mask == nullptr || mask[e]) ? static_cast<T>(weight[e % D]) : T(0);
+          w[k] = (mask == nullptr || mask[e]) ? static_cast<T>(weight[(e % D) * weight_stride]) : T(0);
           y[k] = w[k] != T(0) ? static_cast<T>(target[e]) : T(0);
         }
         for (int64_t i = 0; i < M; ++i) {
@@ -293,7 +296,8 @@ std::tuple<at::Tensor, at::Tensor> crps_fair_cpu_kernel(const at::Tensor& ens_in
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, ens.scalar_type(), "rmmd_core::crps_fair_cpu", [&] {
     using T = at::opmath_type<scalar_t>;
     CrpsArgs<scalar_t, T> a{ens.const_data_ptr<scalar_t>(), target.const_data_ptr<scalar_t>(),
-                            weight.const_data_ptr<double>(), inv_norm.const_data_ptr<double>(),
+                            weight.const_data_ptr<double>(), weight.numel() == 1 ? 0 : 1,
+                            inv_norm.const_data_ptr<double>(),
                             mask.defined() ? mask.const_data_ptr<bool>() : nullptr,
                             with_grad ? grad.mutable_data_ptr<scalar_t>() : nullptr, M, N, D};
     crps_tasks(a, L, partial);
@@ -326,7 +330,8 @@ at::Tensor forecast_stats_cpu_kernel(const at::Tensor& ens_in, const at::Tensor&
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, ens.scalar_type(), "rmmd_core::forecast_stats_cpu", [&] {
     using T = at::opmath_type<scalar_t>;
     stats_tasks<scalar_t, T>(ens.const_data_ptr<scalar_t>(), target.const_data_ptr<scalar_t>(),
-                             weight.const_data_ptr<double>(), mask.defined() ? mask.const_data_ptr<bool>() : nullptr,
+                             weight.const_data_ptr<double>(), weight.numel() == 1 ? 0 : 1,
+                             mask.defined() ? mask.const_data_ptr<bool>() : nullptr,
                              M, N, D, variables, inner, P, chunks, partial);
   });
   double* o = out.mutable_data_ptr<double>();

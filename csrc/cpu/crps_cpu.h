@@ -10,7 +10,7 @@
 
 namespace rmmd {
 
-// ens (M, B, *S), target (B, *S) same dtype; weight (D,) float64; inv_norm (B,) float64; mask (B, *S) bool.
+// ens (M, B, *S), target (B, *S) same dtype; weight (D,) or (1,) float64; inv_norm (B,) float64; mask (B, *S) bool.
 // Returns (crps (B,), grad (M, B, *S) contiguous, or (0,) when !with_grad), both in ens's dtype.
 std::tuple<at::Tensor, at::Tensor> crps_fair_cpu_kernel(const at::Tensor& ens, const at::Tensor& target,
                                                         const at::Tensor& weight, const at::Tensor& inv_norm,

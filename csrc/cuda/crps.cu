@@ -97,8 +97,9 @@ __device__ __forceinline__ void for_each_ranked(const T* __restrict__ ens, int64
 template <typename T, int MAXM, bool WITH_GRAD>
 __global__ void __launch_bounds__(kThreads)
     crps_kernel(double* __restrict__ partial, T* __restrict__ grad, const T* __restrict__ ens,
-                const T* __restrict__ target, const double* __restrict__ weight, const double* __restrict__ inv_norm,
-                const uint8_t* __restrict__ mask, int M, int64_t per_sample, int64_t N) {
+                const T* __restrict__ target, const double* __restrict__ weight, int64_t weight_stride,
+                const double* __restrict__ inv_norm, const uint8_t* __restrict__ mask, int M, int64_t per_sample,
+                int64_t N) {
   using opmath_t = typename Io<T>::opmath_t;
   __shared__ opmath_t shared[kWarps];
   const int64_t b = blockIdx.y, chunk = blockIdx.x;
@@ -107,7 +108,7 @@ __global__ void __launch_bounds__(kThreads)
   if (j < per_sample) {
     const int64_t e = b * per_sample + j;
     const bool on = mask == nullptr || mask[e] != 0;
-    const opmath_t wn = on ? static_cast<opmath_t>(weight[j] * inv_norm[b]) : opmath_t(0);
+    const opmath_t wn = on ? static_cast<opmath_t>(weight[j * weight_stride] * inv_norm[b]) : opmath_t(0);
     // A zero-weight element contributes nothing; y = 0 keeps a masked NaN target out of the math.
     const opmath_t y = wn != opmath_t(0) ? Io<T>::load(target[e]) : opmath_t(0);
     const opmath_t m = static_cast<opmath_t>(M), pairs = static_cast<opmath_t>(M) * static_cast<opmath_t>(M - 1);
@@ -148,7 +149,8 @@ __global__ void crps_finalize_kernel(opmath_t* __restrict__ crps, const double* 
 template <typename T, int MAXM>
 __global__ void __launch_bounds__(kThreads)
     stats_kernel(double* __restrict__ partial, const T* __restrict__ ens, const T* __restrict__ target,
-                 const double* __restrict__ weight, const uint8_t* __restrict__ mask, int M, int64_t per_sample,
+                 const double* __restrict__ weight, int64_t weight_stride, const uint8_t* __restrict__ mask, int M,
+                 int64_t per_sample,
                  int64_t N, int64_t variables, int64_t inner, int64_t plane) {
   using opmath_t = typename Io<T>::opmath_t;
   __shared__ opmath_t shared[kWarps];
@@ -158,7 +160,7 @@ __global__ void __launch_bounds__(kThreads)
   if (p < plane) {
     const int64_t e = (p / inner) * variables * inner + v * inner + p % inner;
     const bool on = mask == nullptr || mask[e] != 0;
-    const opmath_t w = on ? static_cast<opmath_t>(weight[e % per_sample]) : opmath_t(0);
+    const opmath_t w = on ? static_cast<opmath_t>(weight[(e % per_sample) * weight_stride]) : opmath_t(0);
     const opmath_t y = w != opmath_t(0) ? Io<T>::load(target[e]) : opmath_t(0);
     const opmath_t m = static_cast<opmath_t>(M), pairs = static_cast<opmath_t>(M) * static_cast<opmath_t>(M - 1);
     opmath_t skill = opmath_t(0), lin = opmath_t(0), sum = opmath_t(0);
@@ -230,11 +232,11 @@ cudaError_t launch_crps_typed(const CrpsFairParams& p, cudaStream_t stream) {
     if (p.grad != nullptr) {
       crps_kernel<T, MAXM, true><<<grid, kThreads, 0, stream>>>(
           partial, static_cast<T*>(p.grad), static_cast<const T*>(p.ens), static_cast<const T*>(p.target), p.weight,
-          p.inv_norm, p.mask, M, p.per_sample, N);
+          p.weight_stride, p.inv_norm, p.mask, M, p.per_sample, N);
     } else {
       crps_kernel<T, MAXM, false><<<grid, kThreads, 0, stream>>>(
-          partial, nullptr, static_cast<const T*>(p.ens), static_cast<const T*>(p.target), p.weight, p.inv_norm,
-          p.mask, M, p.per_sample, N);
+          partial, nullptr, static_cast<const T*>(p.ens), static_cast<const T*>(p.target), p.weight,
+          p.weight_stride, p.inv_norm, p.mask, M, p.per_sample, N);
     }
     return cudaGetLastError();
   });
@@ -257,7 +259,8 @@ cudaError_t launch_stats_typed(const ForecastStatsParams& p, cudaStream_t stream
     // M = 2 takes the generic rank path here (the statistics have no closed-form kernel of their own).
     constexpr int MAXM = decltype(bucket)::value == 2 ? 4 : decltype(bucket)::value;
     stats_kernel<T, MAXM><<<grid, kThreads, 0, stream>>>(partial, static_cast<const T*>(p.ens),
-                                                         static_cast<const T*>(p.target), p.weight, p.mask, M,
+                                                         static_cast<const T*>(p.target), p.weight, p.weight_stride,
+                                                         p.mask, M,
                                                          p.per_sample, p.numel, p.variables, p.inner, plane);
     return cudaGetLastError();
   });

@@ -26,7 +26,8 @@ struct CrpsFairParams {
   void* grad;              // (M * N) output in `dtype`, or nullptr (no gradient)
   const void* ens;         // (M * N) `dtype`
   const void* target;      // (N) `dtype`
-  const double* weight;    // (D)
+  const double* weight;    // (D), or (1) with weight_stride = 0
+  int64_t weight_stride;   // 1, or 0: one weight for every element
   const double* inv_norm;  // (B)
   const uint8_t* mask;     // (N) bool bytes, or nullptr (every element verified)
   void* workspace;         // crps_fair_workspace_bytes(params) bytes, any contents
@@ -40,7 +41,8 @@ struct ForecastStatsParams {
   double* out;             // (V, 5) output
   const void* ens;         // (M * N) `dtype`
   const void* target;      // (N) `dtype`
-  const double* weight;    // (D)
+  const double* weight;    // (D), or (1) with weight_stride = 0
+  int64_t weight_stride;   // 1, or 0: one weight for every element
   const uint8_t* mask;     // (N) bool bytes, or nullptr
   void* workspace;         // forecast_stats_workspace_bytes(params) bytes, any contents
   int64_t members;         // M >= 2

@@ -35,10 +35,11 @@ FORECAST_FIELDS = ("skill", "spread", "mse", "var", "weight")
 # ------------------------------------------------------------------------------------------------
 
 def _prepare(ens, target, weights, mask):
-    """Validate; return ``(weight (D,) float64 contiguous, total (B,) float64, mask or None)``.
+    """Validate; return ``(weight (D,) or (1,) float64 contiguous, total (B,) float64, mask or None)``.
 
-    ``weight`` is ``weights`` broadcast to the per-sample shape S and flattened; ``total[b]`` is the
-    sample's summed effective weight (``sum_s weight[s] * mask[b, s]``).
+    ``weight`` is ``weights`` broadcast to the per-sample shape S and flattened, or a single 1 for uniform
+    weights (``weights=None``: no D-sized tensor at all); ``total[b]`` is the sample's summed effective
+    weight (``sum_s weight[s] * mask[b, s]``).
     """
     if not isinstance(ens, torch.Tensor) or not ens.is_floating_point():
         raise TypeError("ensemble must be a floating-point Tensor of shape (M, B, ...)")
@@ -54,8 +55,9 @@ def _prepare(ens, target, weights, mask):
     if ens.device != target.device:
         raise ValueError(f"target must be on the ensemble's device {ens.device}, got {target.device}")
     sample_shape = tuple(target.shape[1:])
+    D = math.prod(sample_shape)
     if weights is None:
-        w = torch.ones(sample_shape, dtype=torch.float64, device=target.device)
+        w = torch.ones(1 if D != 0 else 0, dtype=torch.float64, device=target.device)
     else:
         if not isinstance(weights, torch.Tensor):
             raise TypeError("weights must be a Tensor broadcastable to the per-sample shape")
@@ -68,7 +70,7 @@ def _prepare(ens, target, weights, mask):
                              f"{sample_shape}") from None
         if not bool(torch.isfinite(w).all()) or bool((w < 0).any()):
             raise ValueError("weights must be finite and non-negative")
-    w = w.to(torch.float64).contiguous().reshape(-1)  # D values: weights are tiny next to the ensemble
+        w = w.to(torch.float64).contiguous().reshape(-1)  # D values: small next to the (M, B, D) ensemble
     B = target.shape[0]
     if mask is not None:
         if not isinstance(mask, torch.Tensor) or mask.shape != target.shape or mask.dtype != torch.bool:
@@ -79,7 +81,7 @@ def _prepare(ens, target, weights, mask):
         total = (mask.reshape(B, -1) * w).sum(1) if B > 0 else w.new_zeros(0)
     else:
         nan_where = torch.isnan(target)
-        total = w.sum().expand(B)
+        total = (w.sum() * (D if weights is None else 1)).expand(B)
     if bool(nan_where.any()):
         raise ValueError("target contains NaN where it is not masked out: pass mask= (True = verify here)")
     if bool((total <= 0).any()):
@@ -221,8 +223,9 @@ def _check_op_args(op, ens, target, weight, mask):
     torch._check(target.device == ens.device,
                  lambda: f"rmmd_core::{op}: target is on {target.device} but ens is on {ens.device}")
     D = math.prod(ens.shape[2:])
-    torch._check(weight.dim() == 1 and weight.shape[0] == D and weight.dtype == torch.float64,
-                 lambda: f"rmmd_core::{op}: weight must be float64 of shape (D,) = ({D},), got "
+    torch._check(weight.dim() == 1 and (weight.shape[0] == D or weight.shape[0] == 1)
+                 and weight.dtype == torch.float64,
+                 lambda: f"rmmd_core::{op}: weight must be float64 of shape (D,) = ({D},) or (1,), got "
                          f"{tuple(weight.shape)} {weight.dtype}")
     torch._check(weight.device == ens.device,
                  lambda: f"rmmd_core::{op}: weight is on {weight.device} but ens is on {ens.device}")

@@ -45,10 +45,10 @@ def _crps_kernel(
     grad_ptr,  # (M * N,) data dtype (unused without WITH_GRAD)
     ens_ptr,  # (M * N,) data, member-major
     target_ptr,  # (N,) data
-    weight_ptr,  # (D,) float64
+    weight_ptr,  # (D,) float64, or (1,) with w_stride = 0
     inv_norm_ptr,  # (B,) float64
     mask_ptr,  # (N,) uint8 (unused without HAS_MASK)
-    N, D,
+    N, D, w_stride,
     M: tl.constexpr, M_PAD: tl.constexpr, BLOCK: tl.constexpr,
     WITH_GRAD: tl.constexpr, HAS_MASK: tl.constexpr, BF16_BITS: tl.constexpr,
 ):
@@ -59,7 +59,7 @@ def _crps_kernel(
     valid = j < D
     e = b * D + j
     opmath = partial_ptr.dtype.element_ty
-    wn64 = tl.load(weight_ptr + j, mask=valid, other=0.0) * tl.load(inv_norm_ptr + b)
+    wn64 = tl.load(weight_ptr + j * w_stride, mask=valid, other=0.0) * tl.load(inv_norm_ptr + b)
     if HAS_MASK:
         wn64 = tl.where(tl.load(mask_ptr + e, mask=valid, other=0) != 0, wn64, 0.0)
     wn = wn64.to(opmath)
@@ -100,9 +100,9 @@ def _crps_kernel(
 def _stats_kernel(
     partial_ptr,  # (V, chunks, 5) opmath: skill, spread, mse, var, weight sums
     ens_ptr, target_ptr,  # (M * N,), (N,) data
-    weight_ptr,  # (D,) float64
+    weight_ptr,  # (D,) float64, or (1,) with w_stride = 0
     mask_ptr,  # (N,) uint8 (unused without HAS_MASK)
-    N, D, V, inner, P,
+    N, D, V, inner, P, w_stride,
     M: tl.constexpr, M_PAD: tl.constexpr, BLOCK: tl.constexpr, HAS_MASK: tl.constexpr,
 ):
     chunk = tl.program_id(0).to(tl.int64)
@@ -112,7 +112,7 @@ def _stats_kernel(
     valid = p < P
     e = (p // inner) * V * inner + v * inner + p % inner
     opmath = partial_ptr.dtype.element_ty
-    w64 = tl.load(weight_ptr + e % D, mask=valid, other=0.0)
+    w64 = tl.load(weight_ptr + (e % D) * w_stride, mask=valid, other=0.0)
     if HAS_MASK:
         w64 = tl.where(tl.load(mask_ptr + e, mask=valid, other=0) != 0, w64, 0.0)
     w = w64.to(opmath)
@@ -162,7 +162,7 @@ def crps_fair_triton(ens: torch.Tensor, target: torch.Tensor, weight: torch.Tens
     if N > 0 and launchable(x):
         wrap_triton(_crps_kernel)[(chunks, B)](
             partial, grad if with_grad else x, x, y, weight.contiguous(), inv_norm.contiguous(), _mask_arg(mask, y),
-            N, D, M=M, M_PAD=m_pad, BLOCK=block, WITH_GRAD=with_grad, HAS_MASK=mask is not None,
+            N, D, 0 if weight.numel() == 1 else 1, M=M, M_PAD=m_pad, BLOCK=block, WITH_GRAD=with_grad, HAS_MASK=mask is not None,
             BF16_BITS=bf16_by_bits(ens.dtype, ens.device))
     crps = partial.to(torch.float64).sum(1).to(opmath).to(ens.dtype)
     return crps, grad
@@ -185,5 +185,6 @@ def forecast_stats_triton(ens: torch.Tensor, target: torch.Tensor, weight: torch
     if N > 0 and launchable(x):
         wrap_triton(_stats_kernel)[(chunks, variables)](
             partial, x, y, weight.contiguous(), _mask_arg(mask, y), N, D, variables, inner, P,
+            0 if weight.numel() == 1 else 1,
             M=M, M_PAD=m_pad, BLOCK=block, HAS_MASK=mask is not None)
     return partial.to(torch.float64).sum(1)
