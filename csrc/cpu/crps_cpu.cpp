@@ -48,34 +48,150 @@ struct Scratch {
   explicit Scratch(int64_t M) : x(M * kBlock, T(0)), coef(M * kBlock, T(0)) {}
 };
 
+// The hot loops are compiled for AVX-512, AVX2 and the baseline ISA and picked at load time
+// (target_clones): the extension is built without -march flags, and plain SSE2 halves or quarters the
+// width of every compare below.
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
+#define RMMD_ISA_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#else
+#define RMMD_ISA_CLONES
+#endif
+
+template <typename T>
+inline T sign_of(T v) {
+  return static_cast<T>((v > T(0)) - (v < T(0)));
+}
+
+// coef[i * kBlock + k] = 2 rank_i - M - 1 for the block's members x (M, kBlock), M <= kRankMax.
+// cnt_i = #{j : x_j < x_i} + #{j < i : x_j == x_i} (0-based stable rank), one compare per pair: for
+// j < i, x_j <= x_i puts j before i, otherwise i before j.
+template <typename T>
+__attribute__((always_inline)) inline void count_ranks(const T* x, T* coef, int64_t M) {
+  std::fill(coef, coef + M * kBlock, T(0));
+  for (int64_t i = 1; i < M; ++i) {
+    const T* xi = x + i * kBlock;
+    T* ci = coef + i * kBlock;
+    for (int64_t j = 0; j < i; ++j) {
+      const T* xj = x + j * kBlock;
+      T* cj = coef + j * kBlock;
+#pragma omp simd
+      for (int64_t k = 0; k < kBlock; ++k) {
+        const T before = xj[k] <= xi[k] ? T(1) : T(0);
+        ci[k] += before;
+        cj[k] += T(1) - before;
+      }
+    }
+  }
+  const T offset = static_cast<T>(1 - M);
+#pragma omp simd
+  for (int64_t i = 0; i < M * kBlock; ++i) coef[i] = T(2) * coef[i] + offset;
+}
+
+// Block sum of wn * crps over k < n; with `grad`, overwrites coef with the gradient values.
+template <typename T>
+__attribute__((always_inline)) inline T crps_accumulate(const T* x, T* coef, const T* y, const T* wn, int64_t M,
+                                                        int64_t n, bool grad) {
+  const T m = static_cast<T>(M), pairs = static_cast<T>(M * (M - 1));
+  T skill[kBlock], lin[kBlock];
+  std::fill(skill, skill + kBlock, T(0));
+  std::fill(lin, lin + kBlock, T(0));
+  for (int64_t i = 0; i < M; ++i) {
+    const T* xi = x + i * kBlock;
+    T* ci = coef + i * kBlock;
+#pragma omp simd
+    for (int64_t k = 0; k < kBlock; ++k) {
+      const T d = xi[k] - y[k];
+      skill[k] += d < T(0) ? -d : d;
+      lin[k] += ci[k] * xi[k];
+    }
+    if (grad) {  // same expression as the reference: (sign(x - y) / M - c / (M (M - 1))) * wn
+#pragma omp simd
+      for (int64_t k = 0; k < kBlock; ++k) ci[k] = (sign_of(xi[k] - y[k]) / m - ci[k] / pairs) * wn[k];
+    }
+  }
+  T total = 0;
+#pragma omp simd reduction(+ : total)
+  for (int64_t k = 0; k < n; ++k) total += (skill[k] / m - lin[k] / pairs) * wn[k];
+  return total;
+}
+
+// Block sums [w skill, w spread, w (xbar - y)^2, w var, w] over k < n.
+template <typename T>
+__attribute__((always_inline)) inline void stats_accumulate(const T* x, const T* coef, const T* y, const T* w,
+                                                            int64_t M, int64_t n, T* out) {
+  const T m = static_cast<T>(M), pairs = static_cast<T>(M * (M - 1)), dof = static_cast<T>(M - 1);
+  T skill[kBlock], lin[kBlock], sum[kBlock], sq[kBlock], mean[kBlock];
+  std::fill(skill, skill + kBlock, T(0));
+  std::fill(lin, lin + kBlock, T(0));
+  std::fill(sum, sum + kBlock, T(0));
+  std::fill(sq, sq + kBlock, T(0));
+  for (int64_t i = 0; i < M; ++i) {
+    const T* xi = x + i * kBlock;
+    const T* ci = coef + i * kBlock;
+#pragma omp simd
+    for (int64_t k = 0; k < kBlock; ++k) {
+      const T d = xi[k] - y[k];
+      skill[k] += d < T(0) ? -d : d;
+      lin[k] += ci[k] * xi[k];
+      sum[k] += xi[k];
+    }
+  }
+#pragma omp simd
+  for (int64_t k = 0; k < kBlock; ++k) mean[k] = sum[k] / m;
+  for (int64_t i = 0; i < M; ++i) {  // two-pass variance: no cancellation for large means
+    const T* xi = x + i * kBlock;
+#pragma omp simd
+    for (int64_t k = 0; k < kBlock; ++k) {
+      const T d = xi[k] - mean[k];
+      sq[k] += d * d;
+    }
+  }
+  T a0 = 0, a1 = 0, a2 = 0, a3 = 0, a4 = 0;
+#pragma omp simd reduction(+ : a0, a1, a2, a3, a4)
+  for (int64_t k = 0; k < n; ++k) {
+    const T e = mean[k] - y[k];
+    a0 += w[k] * (skill[k] / m);
+    a1 += w[k] * (lin[k] / pairs);
+    a2 += w[k] * (e * e);
+    a3 += w[k] * (sq[k] / dof);
+    a4 += w[k];
+  }
+  out[0] = a0;
+  out[1] = a1;
+  out[2] = a2;
+  out[3] = a3;
+  out[4] = a4;
+}
+
+// ISA-cloned instances (float: fp32 / fp16 / bf16 data; double: fp64 data).
+RMMD_ISA_CLONES void count_ranks_isa(const float* x, float* coef, int64_t M) { count_ranks(x, coef, M); }
+RMMD_ISA_CLONES void count_ranks_isa(const double* x, double* coef, int64_t M) { count_ranks(x, coef, M); }
+RMMD_ISA_CLONES float crps_accumulate_isa(const float* x, float* coef, const float* y, const float* wn, int64_t M,
+                                          int64_t n, bool grad) {
+  return crps_accumulate(x, coef, y, wn, M, n, grad);
+}
+RMMD_ISA_CLONES double crps_accumulate_isa(const double* x, double* coef, const double* y, const double* wn,
+                                           int64_t M, int64_t n, bool grad) {
+  return crps_accumulate(x, coef, y, wn, M, n, grad);
+}
+RMMD_ISA_CLONES void stats_accumulate_isa(const float* x, const float* coef, const float* y, const float* w,
+                                          int64_t M, int64_t n, float* out) {
+  stats_accumulate(x, coef, y, w, M, n, out);
+}
+RMMD_ISA_CLONES void stats_accumulate_isa(const double* x, const double* coef, const double* y, const double* w,
+                                          int64_t M, int64_t n, double* out) {
+  stats_accumulate(x, coef, y, w, M, n, out);
+}
+
 // coef[i * kBlock + k] = 2 rank_i - M - 1 for the elements k < n of the block in s.x.
 template <typename T>
 void rank_coefs(Scratch<T>& s, int64_t M, int64_t n) {
-  T* coef = s.coef.data();
-  const T* x = s.x.data();
   if (M <= kRankMax) {
-    // cnt_i = #{j : x_j < x_i} + #{j < i : x_j == x_i} (0-based stable rank), one compare per pair:
-    // for j < i, x_j <= x_i puts j before i, otherwise i before j.
-    std::fill(s.coef.begin(), s.coef.end(), T(0));
-    for (int64_t i = 1; i < M; ++i) {
-      const T* xi = x + i * kBlock;
-      T* ci = coef + i * kBlock;
-      for (int64_t j = 0; j < i; ++j) {
-        const T* xj = x + j * kBlock;
-        T* cj = coef + j * kBlock;
-#pragma omp simd
-        for (int64_t k = 0; k < kBlock; ++k) {
-          const T before = xj[k] <= xi[k] ? T(1) : T(0);
-          ci[k] += before;
-          cj[k] += T(1) - before;
-        }
-      }
-    }
-    const T offset = static_cast<T>(1 - M);
-#pragma omp simd
-    for (int64_t i = 0; i < M * kBlock; ++i) coef[i] = T(2) * coef[i] + offset;
+    count_ranks_isa(s.x.data(), s.coef.data(), M);
     return;
   }
+  T* coef = s.coef.data();
+  const T* x = s.x.data();
   s.pairs.resize(M);
   for (int64_t k = 0; k < n; ++k) {
     for (int64_t i = 0; i < M; ++i) s.pairs[i] = {x[i * kBlock + k], i};
@@ -83,11 +199,6 @@ void rank_coefs(Scratch<T>& s, int64_t M, int64_t n) {
     std::stable_sort(s.pairs.begin(), s.pairs.end(), [](const auto& a, const auto& b) { return a.first < b.first; });
     for (int64_t r = 0; r < M; ++r) coef[s.pairs[r].second * kBlock + k] = static_cast<T>(2 * r + 1 - M);
   }
-}
-
-template <typename T>
-inline T sign_of(T v) {
-  return static_cast<T>((v > T(0)) - (v < T(0)));
 }
 
 template <typename scalar_t, typename T>
@@ -113,6 +224,8 @@ void load_weights(const CrpsArgs<scalar_t, T>& a, int64_t b, int64_t e0, int64_t
     // A zero-weight element contributes nothing; y = 0 keeps a masked NaN target out of the math.
     y[k] = wn[k] != T(0) ? static_cast<T>(a.target[e0 + k]) : T(0);
   }
+  std::fill(wn + n, wn + kBlock, T(0));  // the SIMD loops run over whole blocks
+  std::fill(y + n, y + kBlock, T(0));
 }
 
 // Sum over elements [e0, e0 + n) of crps, writing grad; general M.
@@ -127,30 +240,15 @@ T crps_block(const CrpsArgs<scalar_t, T>& a, Scratch<T>& s, int64_t b, int64_t e
     for (int64_t k = 0; k < n; ++k) dst[k] = static_cast<T>(src[k]);
   }
   rank_coefs(s, M, n);
-  const T m = static_cast<T>(M), pairs = static_cast<T>(M * (M - 1));
-  T skill[kBlock], lin[kBlock];
-  std::fill(skill, skill + kBlock, T(0));
-  std::fill(lin, lin + kBlock, T(0));
-  for (int64_t i = 0; i < M; ++i) {
-    const T* xi = s.x.data() + i * kBlock;
-    const T* ci = s.coef.data() + i * kBlock;
-#pragma omp simd
-    for (int64_t k = 0; k < kBlock; ++k) {
-      const T d = xi[k] - y[k];
-      skill[k] += d < T(0) ? -d : d;
-      lin[k] += ci[k] * xi[k];
-    }
-    if (a.grad != nullptr) {
-      scalar_t* g = a.grad + i * a.N + e0;
-#pragma omp simd
-      for (int64_t k = 0; k < n; ++k) {
-        g[k] = static_cast<scalar_t>((sign_of(xi[k] - y[k]) / m - ci[k] / pairs) * wn[k]);
-      }
+  const bool grad = a.grad != nullptr;
+  const T total = crps_accumulate_isa(s.x.data(), s.coef.data(), y, wn, M, n, grad);
+  if (grad) {
+    for (int64_t i = 0; i < M; ++i) {
+      const T* src = s.coef.data() + i * kBlock;
+      scalar_t* dst = a.grad + i * a.N + e0;
+      for (int64_t k = 0; k < n; ++k) dst[k] = static_cast<scalar_t>(src[k]);
     }
   }
-  T total = 0;
-#pragma omp simd reduction(+ : total)
-  for (int64_t k = 0; k < n; ++k) total += (skill[k] / m - lin[k] / pairs) * wn[k];
   return total;
 }
 
@@ -203,7 +301,6 @@ void stats_tasks(const scalar_t* ens, const scalar_t* target, const double* weig
     Scratch<T> s(M);
     int64_t idx[kBlock];
     T y[kBlock], w[kBlock];
-    const T m = static_cast<T>(M), pairs = static_cast<T>(M * (M - 1)), dof = static_cast<T>(M - 1);
     for (int64_t t = t0; t < t1; ++t) {
       const int64_t v = t / chunks;
       const int64_t p_begin = (t % chunks) * kChunk, p_end = std::min(P, p_begin + kChunk);
@@ -217,53 +314,16 @@ void stats_tasks(const scalar_t* ens, const scalar_t* target, const double* weig
           w[k] = (mask == nullptr || mask[e]) ? static_cast<T>(weight[(e % D) * weight_stride]) : T(0);
           y[k] = w[k] != T(0) ? static_cast<T>(target[e]) : T(0);
         }
+        std::fill(w + n, w + kBlock, T(0));
+        std::fill(y + n, y + kBlock, T(0));
         for (int64_t i = 0; i < M; ++i) {
           T* dst = s.x.data() + i * kBlock;
           for (int64_t k = 0; k < n; ++k) dst[k] = static_cast<T>(ens[i * N + idx[k]]);
         }
         rank_coefs(s, M, n);
-        T skill[kBlock], lin[kBlock], sum[kBlock], sq[kBlock];
-        std::fill(skill, skill + kBlock, T(0));
-        std::fill(lin, lin + kBlock, T(0));
-        std::fill(sum, sum + kBlock, T(0));
-        std::fill(sq, sq + kBlock, T(0));
-        for (int64_t i = 0; i < M; ++i) {
-          const T* xi = s.x.data() + i * kBlock;
-          const T* ci = s.coef.data() + i * kBlock;
-#pragma omp simd
-          for (int64_t k = 0; k < kBlock; ++k) {
-            const T d = xi[k] - y[k];
-            skill[k] += d < T(0) ? -d : d;
-            lin[k] += ci[k] * xi[k];
-            sum[k] += xi[k];
-          }
-        }
-        T mean[kBlock];
-#pragma omp simd
-        for (int64_t k = 0; k < kBlock; ++k) mean[k] = sum[k] / m;
-        for (int64_t i = 0; i < M; ++i) {  // two-pass variance: no cancellation for large means
-          const T* xi = s.x.data() + i * kBlock;
-#pragma omp simd
-          for (int64_t k = 0; k < kBlock; ++k) {
-            const T d = xi[k] - mean[k];
-            sq[k] += d * d;
-          }
-        }
-        T a0 = 0, a1 = 0, a2 = 0, a3 = 0, a4 = 0;
-#pragma omp simd reduction(+ : a0, a1, a2, a3, a4)
-        for (int64_t k = 0; k < n; ++k) {
-          const T e = mean[k] - y[k];
-          a0 += w[k] * (skill[k] / m);
-          a1 += w[k] * (lin[k] / pairs);
-          a2 += w[k] * (e * e);
-          a3 += w[k] * (sq[k] / dof);
-          a4 += w[k];
-        }
-        total[0] += a0;
-        total[1] += a1;
-        total[2] += a2;
-        total[3] += a3;
-        total[4] += a4;
+        T sums[5];
+        stats_accumulate_isa(s.x.data(), s.coef.data(), y, w, M, n, sums);
+        for (int f = 0; f < 5; ++f) total[f] += static_cast<double>(sums[f]);
       }
       partial[t] = total;
     }
