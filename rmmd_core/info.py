@@ -28,6 +28,7 @@ import torch
 from . import ops
 from .ops import dispatch
 from .ops.denoise_reference import denoise_step_ref
+from .ops.crps_reference import crps_fair_ref, forecast_stats_ref
 from .ops.ema_reference import ema_update_ref
 from .ops.reference import aux_loss_ref, posterior_step_ref, renoise_ref, rmmd_cotangent_ref
 from .ops.reward_reference import grayscale_reward_ref, laplacian_reward_ref
@@ -94,10 +95,25 @@ def _ema_update(backend: str):
     return ema, ema_ref
 
 
+def _crps_fair(backend: str):
+    ens, y, w = _rand(5, 2, 3, 37), _rand(2, 3, 37), 0.5 + torch.rand(3, 1)
+    return ops.crps_fair(ens, y, w, backend=backend), crps_fair_ref(ens, y, w)
+
+
+def _forecast_stats(backend: str):
+    ens, y = _rand(5, 2, 3, 37), _rand(2, 3, 37)
+
+    def fields(st):
+        return st.skill, st.spread, st.mse, st.var, st.weight
+
+    return fields(ops.forecast_stats(ens, y, backend=backend)), fields(forecast_stats_ref(ens, y))
+
+
 SELF_TESTS: dict[str, Callable[[str], tuple]] = {
     "posterior_step": _posterior_step, "renoise": _renoise, "denoise_step": _denoise_step,
     "rmmd_cotangent": _rmmd_cotangent, "aux_loss": _aux_loss, "grayscale_reward": _grayscale_reward,
-    "laplacian_reward": _laplacian_reward, "ema_update": _ema_update,
+    "laplacian_reward": _laplacian_reward, "ema_update": _ema_update, "crps_fair": _crps_fair,
+    "forecast_stats": _forecast_stats,
 }
 """op -> ``backend -> (outputs, reference outputs)``; ops added elsewhere register here to be self-tested."""
 

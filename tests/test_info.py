@@ -37,6 +37,10 @@ def test_build_info_reports_the_cpu_noise_path(monkeypatch):
     assert info.collect(run_self_test=False)["extension"]["avx2_noise_used"] == "0"
 
 
+def test_every_dispatched_op_has_a_self_test():
+    assert set(info.SELF_TESTS) == set(dispatch._OPS)
+
+
 def test_self_tests_pass_for_every_available_fused_backend():
     facts = info.collect(run_self_test=True)
     ran = 0

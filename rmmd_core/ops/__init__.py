@@ -39,6 +39,7 @@ from . import renoise as _renoise_module  # noqa: E402,F401  (K2 fake + autograd
 from . import image_rewards as _image_rewards_module  # noqa: E402,F401  (K4a/K4b fake + autograd registrations)
 from . import ema as _ema_module  # noqa: E402,F401  (K9 fake registrations)
 from . import denoise_step as _denoise_step_module  # noqa: E402,F401  (K1/K3 fake + autograd registrations)
+from . import crps as _crps_module  # noqa: E402,F401  (K4c / K10 fake + autograd registrations)
 from .dispatch import (  # noqa: E402
     BACKENDS,
     available_backends,
@@ -58,6 +59,8 @@ from .reward_reference import grayscale_reward_ref, laplacian_reward_ref  # noqa
 from .ema_reference import ema_update_ref  # noqa: E402
 from .denoise_step import denoise_step  # noqa: E402
 from .denoise_reference import denoise_step_ref, fold_denoise_coefficients  # noqa: E402
+from .crps import crps_fair, forecast_stats  # noqa: E402
+from .crps_reference import ForecastStats, crps_fair_ref, forecast_stats_ref  # noqa: E402
 
 dispatch.refresh(_C_IMPORT_ERROR, _TRITON_IMPORT_ERROR, _TRITON_INTERPRETER)
 
@@ -68,4 +71,5 @@ __all__ = [
     "rmmd_cotangent", "rmmd_cotangent_ref",
     "grayscale_reward", "grayscale_reward_ref", "laplacian_reward", "laplacian_reward_ref", "ema_update",
     "ema_update_ref",
+    "ForecastStats", "crps_fair", "crps_fair_ref", "forecast_stats", "forecast_stats_ref",
 ]

@@ -19,6 +19,7 @@ from . import aux_loss  # noqa: F401  (registers rmmd_core::aux_loss_triton)
 from . import image_rewards  # noqa: F401  (registers rmmd_core::grayscale_reward_triton, laplacian_reward_triton)
 from . import ema  # noqa: F401  (registers rmmd_core::ema_update_triton)
 from . import denoise_step  # noqa: F401  (registers rmmd_core::denoise_step_triton)
+from . import crps  # noqa: F401  (registers rmmd_core::crps_fair_triton, forecast_stats_triton)
 
 __all__ = ["interpreter_mode"]
 
