@@ -129,6 +129,8 @@ class Lorenz96:
 
         States are recorded every ``interval`` time units (0.05 ≈ 6 h in Lorenz's scaling) after a
         ``spin_up`` onto the attractor. ``dt`` defaults to 0.01 (one scale) or 0.005 (two scales).
+        With ``noise_std > 0`` the hidden AR(1) forcing is integrated alongside (from its stationary law)
+        and not returned; ``generator`` then also drives the forcing noise.
         """
         if dt is None:
             dt = 0.01 if self.J == 0 else 0.005
