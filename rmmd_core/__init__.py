@@ -17,7 +17,7 @@ from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .config import RMMDConfig
 from .denoiser import Denoiser
 from .engine import RMMD
-from .rewards import GrayscaleReward, LaplacianReward, Reward, as_reward
+from .rewards import CRPSReward, GrayscaleReward, LaplacianReward, Reward, as_reward
 from .sampler import SampleResult, posterior_coefficients, sample, time_grid
 from .schedules import EDM, DiscreteVP, RectifiedFlow, Schedule, VPCosine, VPLinear, get_schedule
 from .step import StepLosses, losses, step
@@ -25,7 +25,7 @@ from .step import StepLosses, losses, step
 __all__ = [
     "Denoiser", "RMMD", "RMMDConfig", "step", "losses", "StepLosses", "sample", "SampleResult", "time_grid",
     "posterior_coefficients", "Schedule", "VPCosine", "VPLinear", "EDM", "RectifiedFlow", "DiscreteVP",
-    "get_schedule", "Reward", "GrayscaleReward", "LaplacianReward", "as_reward", "ops",
+    "get_schedule", "Reward", "GrayscaleReward", "LaplacianReward", "CRPSReward", "as_reward", "ops",
     "save_checkpoint", "load_checkpoint", "CheckpointError",
 ]
 __version__ = "0.1.0"

@@ -7,10 +7,15 @@ resolution.
 
 A reward with ``multi_sample = True`` receives all M members of each conditioning at once, shaped
 ``(M, B, ...)``, and returns one value per conditioning ``(B,)`` (e.g. the fair CRPS, method.md §c.7).
+
+Reward-only inputs (``reward_kwargs=`` of :func:`rmmd_core.step` / :func:`rmmd_core.losses`, e.g. the
+verifying ``target`` of :class:`CRPSReward`) arrive as keyword arguments of ``value_and_grad``; they never
+reach a network.
 """
 from __future__ import annotations
 
 import abc
+import inspect
 
 import torch
 
@@ -23,12 +28,25 @@ class Reward(abc.ABC):
 
     multi_sample = False
 
-    def __call__(self, x0: torch.Tensor, cond=None) -> torch.Tensor:
-        return self.value_and_grad(x0, cond)[0]
+    def __call__(self, x0: torch.Tensor, cond=None, **reward_kwargs) -> torch.Tensor:
+        return self.value_and_grad(x0, cond, **reward_kwargs)[0]
 
     @abc.abstractmethod
     def value_and_grad(self, x0: torch.Tensor, cond=None):
-        """Return ``(R[B], dR_b/dx0 [B, ...])``: per-sample values and each value's input gradient."""
+        """Return ``(R[B], dR_b/dx0 [B, ...])``: per-sample values and each value's input gradient.
+
+        Subclasses that need reward-only inputs declare them as keyword arguments (see :class:`CRPSReward`)."""
+
+    def _kwargs_target(self):
+        return self.value_and_grad
+
+    def check_kwargs(self, reward_kwargs: dict) -> None:
+        """Raise TypeError, naming the reward and the keys, if it cannot take these ``reward_kwargs``."""
+        try:
+            inspect.signature(self._kwargs_target()).bind(None, None, **reward_kwargs)
+        except TypeError as err:
+            raise TypeError(f"reward {type(self).__name__} does not accept reward_kwargs {sorted(reward_kwargs)} "
+                            f"({err})") from None
 
 
 def _check_image(x0: torch.Tensor, name: str, channels: int | None = None) -> None:
@@ -84,16 +102,52 @@ class CallableReward(Reward):
         self.fn = fn
         self.multi_sample = bool(multi_sample or getattr(fn, "multi_sample", False))
 
-    def value_and_grad(self, x0, cond=None):
+    def _kwargs_target(self):
+        return self.fn
+
+    def value_and_grad(self, x0, cond=None, **reward_kwargs):
         x = x0.detach().requires_grad_(True)
         with torch.enable_grad():
-            v = self.fn(x, cond)
+            v = self.fn(x, cond, **reward_kwargs)
             if not isinstance(v, torch.Tensor):
                 raise TypeError(f"reward returned {type(v).__name__}, expected a Tensor of shape (B,)")
             (g,) = torch.autograd.grad(v.sum(), x, allow_unused=True)
         if g is None:
             g = torch.zeros_like(x)
         return v.detach(), g
+
+
+class CRPSReward(Reward):
+    """Ensemble reward ``R_b = -CRPS_fair(x[:, b], target_b)``, a weighted mean over elements (method.md §c.7, §e K4c).
+
+    Multi-sample: ``value_and_grad(x0 (M, B, *S), cond, *, target (B, *S), mask=None)`` with M >= 2 members
+    per conditioning (``RMMDConfig(num_samples=M)``); ``target`` is passed as ``reward_kwargs={"target": y}``
+    so it reaches the reward but not the networks. ``weights`` (non-negative, broadcast to ``S``; e.g.
+    cos-latitude × per-variable) are normalised per sample. Fair CRPS and its sub-gradient
+    ``dCRPS/dx_i = (1/M) sign(x_i - y) - (2 rank_i - M - 1)/(M (M-1))`` (times the normalised weight) come
+    from one op call; returns ``(-crps (B,), -grad (M, B, *S))``.
+    """
+
+    multi_sample = True
+
+    def __init__(self, weights: torch.Tensor | None = None, backend: str | None = None):
+        if weights is not None and not isinstance(weights, torch.Tensor):
+            raise TypeError(f"CRPSReward: weights must be a Tensor or None, got {type(weights).__name__}")
+        self.weights = weights
+        self.backend = backend  # None: RMMD_CORE_BACKEND, default auto (see rmmd_core.ops.dispatch)
+
+    def value_and_grad(self, x0, cond=None, *, target=None, mask=None):
+        if target is None:
+            raise ValueError("CRPSReward needs the verifying state: pass reward_kwargs={'target': y} with y of "
+                             "shape (B, ...) to rmmd_core.step / losses")
+        if not isinstance(x0, torch.Tensor) or x0.dim() < 2 or x0.shape[0] < 2:
+            raise ValueError(f"CRPSReward: x0 must be the ensemble (M, B, ...) with M >= 2 members "
+                             f"(set RMMDConfig(num_samples=2) or more), got {tuple(getattr(x0, 'shape', ()))}")
+        w = self.weights.to(x0.device) if self.weights is not None else None
+        target = target.to(x0.dtype) if isinstance(target, torch.Tensor) and target.is_floating_point() else target
+        # the fused K4c op (sorted/rank form, O(M·D) memory; closed form for M = 2)
+        crps, grad = ops.crps_fair(x0, target, w, mask, with_grad=True, backend=self.backend)
+        return -crps, -grad
 
 
 BUILTIN = {"grayscale": GrayscaleReward, "laplacian": LaplacianReward}

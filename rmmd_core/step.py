@@ -16,6 +16,7 @@ from the student's own rollouts ("continuous" or "discrete"/backward-simulation 
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import torch
@@ -160,25 +161,56 @@ def _sample_times(n: int, K: int, gap: str, generator, device):
     return s, (s + delta).clamp_max(1.0)
 
 
-def _reward_terms(engine: RMMD, x0: torch.Tensor, cond_n: Cond, cond: Cond, B: int, M: int, need_grad: bool):
-    """Per-conditioning reward r (B,) and dr/dx̂0 (N, ...) (None if not needed)."""
+def check_reward_kwargs(engine: RMMD, reward_kwargs, B: int) -> dict:
+    """Validate ``reward_kwargs`` (reward-only inputs such as a verifying target) and return a plain dict.
+
+    They go to the reward's ``value_and_grad`` only, never to a network (unlike ``cond``, which every
+    network receives as keyword arguments). Batched tensors must have the conditioning batch B.
+    """
+    if reward_kwargs is None:
+        return {}
+    if not isinstance(reward_kwargs, Mapping):
+        raise TypeError(f"reward_kwargs must be a dict of keyword arguments for the reward, "
+                        f"got {type(reward_kwargs).__name__}")
+    bad = [k for k in reward_kwargs if not isinstance(k, str) or not k.isidentifier()]
+    if bad:
+        raise TypeError(f"reward_kwargs keys must be keyword-argument names, got {bad!r}")
+    if reward_kwargs and engine.reward is None:
+        raise ValueError(f"reward_kwargs {sorted(reward_kwargs)} given but the engine has no reward: "
+                         "pass reward= to RMMD(...) or start_phase2(reward=...)")
+    check_cond_batch(reward_kwargs, B, "reward_kwargs")
+    if reward_kwargs:
+        engine.reward.check_kwargs(reward_kwargs)
+    return dict(reward_kwargs)
+
+
+def _reward_terms(engine: RMMD, x0: torch.Tensor, cond_n: Cond, cond: Cond, B: int, M: int, need_grad: bool,
+                  reward_kwargs: dict):
+    """Per-conditioning reward r (B,) and dr/dx̂0 (N, ...) (None if not needed).
+
+    Multi-sample rewards get the members as (M, B, ...) and ``reward_kwargs`` as given (batch B); per-sample
+    rewards get (N, ...) and batched ``reward_kwargs`` tiled member-major like ``cond``. Scaling: the engine
+    minimises ``-lam mean_b r_b``, so the cotangent's reward part is ``-lam (1/B) dr_b/dx̂0`` (see losses()).
+    """
     rw = engine.reward
     if rw.multi_sample:
         xs = x0.detach().view(M, B, *x0.shape[1:])
         if need_grad:
-            r, G = rw.value_and_grad(xs, cond)
+            r, G = rw.value_and_grad(xs, cond, **reward_kwargs)
             return r.detach(), G.reshape_as(x0)
         with torch.no_grad():
-            return rw(xs, cond).detach(), None
+            return rw(xs, cond, **reward_kwargs).detach(), None
+    kw_n = repeat_cond(reward_kwargs, M) if reward_kwargs else {}
     if need_grad:
-        v, G = rw.value_and_grad(x0.detach(), cond_n)
+        v, G = rw.value_and_grad(x0.detach(), cond_n, **kw_n)
         return v.detach().view(M, B).mean(0), G / M
     with torch.no_grad():
-        return rw(x0.detach(), cond_n).detach().view(M, B).mean(0), None
+        return rw(x0.detach(), cond_n, **kw_n).detach().view(M, B).mean(0), None
 
 
 def losses(engine: RMMD, data: torch.Tensor | None = None, cond: Cond = None, *, batch_size: int | None = None,
-           generator: torch.Generator | None = None, return_intermediates: bool = False) -> StepLosses:
+           generator: torch.Generator | None = None, return_intermediates: bool = False,
+           reward_kwargs: dict | None = None) -> StepLosses:
     """Compute one iteration's student and auxiliary losses without stepping anything.
 
     For trainers that own backward and optimisers (Accelerate, Lightning, FSDP): call
@@ -192,10 +224,14 @@ def losses(engine: RMMD, data: torch.Tensor | None = None, cond: Cond = None, *,
         cond: conditioning for the B samples (dict of kwargs for the networks, or a tensor).
         batch_size: B when neither ``data`` nor ``cond`` carries it.
         generator: RNG for noise, times and Philox seeds (default: the engine's).
+        reward_kwargs: extra keyword arguments for the reward only (e.g. ``{"target": y}``, the verifying
+            next state of :class:`~rmmd_core.rewards.CRPSReward`, batch B). Unlike ``cond`` they never
+            reach a network, so a reward may see the answer without the student seeing it.
     """
     cfg = engine.config
     g = generator if generator is not None else engine.generator
     B, shape = _batch_and_shape(engine, data, cond, batch_size)
+    reward_kwargs = check_reward_kwargs(engine, reward_kwargs, B)
     M, K = cfg.num_samples, cfg.num_steps
     N = B * M
     lam, lam_reg = cfg.reward_weight, cfg.lambda_reg
@@ -273,7 +309,8 @@ def losses(engine: RMMD, data: torch.Tensor | None = None, cond: Cond = None, *,
     view = (N,) + (1,) * (x0d.dim() - 1)
     r, G = (None, None)
     if engine.reward is not None:
-        r, G = _reward_terms(engine, x0d, cond_n, cond, B, M, need_grad=lam > 0 and update_student)
+        r, G = _reward_terms(engine, x0d, cond_n, cond, B, M, need_grad=lam > 0 and update_student,
+                              reward_kwargs=reward_kwargs)
     dmd = cfg.weighting == "dmd"
     # The DMD normaliser is computed inside the op (its first pass), so w is 1 there; other weightings
     # are per-sample functions of s, computed in float64 (method.md Project defaults).
@@ -329,7 +366,7 @@ def losses(engine: RMMD, data: torch.Tensor | None = None, cond: Cond = None, *,
 
 
 def step(engine: RMMD, data: torch.Tensor | None = None, cond: Cond = None, *, batch_size: int | None = None,
-         generator: torch.Generator | None = None) -> dict:
+         generator: torch.Generator | None = None, reward_kwargs: dict | None = None) -> dict:
     """One full RMMD / MM iteration: losses, backward, finite checks, clipping, optimiser steps, EMA.
 
     Args: as :func:`losses`.
@@ -345,7 +382,7 @@ def step(engine: RMMD, data: torch.Tensor | None = None, cond: Cond = None, *, b
     backend every fused op ran on, else ``op=name`` pairs) and ``backend_<op>`` for each fused op used
     (``posterior_step``, ``renoise``, ``rmmd_cotangent``, ``aux_loss``).
     """
-    out = losses(engine, data, cond, batch_size=batch_size, generator=generator)
+    out = losses(engine, data, cond, batch_size=batch_size, generator=generator, reward_kwargs=reward_kwargs)
     m = out.metrics
     grad_norm, skipped_s = float("nan"), False
     if out.student_loss is not None:
