@@ -76,16 +76,9 @@ void launch_indexed(const DenoiseStepParams& p, int blocks, cudaStream_t stream)
 
 template <typename T>
 cudaError_t launch_typed(const DenoiseStepParams& p, cudaStream_t stream) {
-  int device = 0;
-  cudaError_t err = cudaGetDevice(&device);
+  int blocks = 1;
+  const cudaError_t err = rmmd_grid_stride_blocks(p.numel, kThreads, kBlocksPerSm, &blocks);
   if (err != cudaSuccess) return err;
-  int sm_count = 0;
-  err = cudaDeviceGetAttribute(&sm_count, cudaDevAttrMultiProcessorCount, device);
-  if (err != cudaSuccess) return err;
-
-  const int64_t blocks_needed = (p.numel + kThreads - 1) / kThreads;
-  const int64_t max_blocks = static_cast<int64_t>(sm_count) * kBlocksPerSm;
-  const int blocks = static_cast<int>(blocks_needed < max_blocks ? blocks_needed : max_blocks);
   const int64_t stride = static_cast<int64_t>(blocks) * kThreads;
   // 32-bit indices (a 32-bit i / D) whenever every index plus one grid stride fits.
   if (p.numel + stride <= static_cast<int64_t>(UINT32_MAX)) {

@@ -59,3 +59,19 @@ inline cudaError_t rmmd_dispatch_dtype(RmmdDType dtype, F&& f) {
   }
   return cudaErrorInvalidValue;
 }
+
+// Grid size for a grid-stride loop over `numel` elements with `threads` per block: one block per
+// `threads` elements, capped at `blocks_per_sm` blocks on every SM of the current device (enough to fill
+// the thread slots of sm_80 / sm_90; the loop strides over the rest). Writes *blocks (>= 1).
+inline cudaError_t rmmd_grid_stride_blocks(int64_t numel, int threads, int blocks_per_sm, int* blocks) {
+  int device = 0;
+  cudaError_t err = cudaGetDevice(&device);
+  if (err != cudaSuccess) return err;
+  int sm_count = 0;
+  err = cudaDeviceGetAttribute(&sm_count, cudaDevAttrMultiProcessorCount, device);
+  if (err != cudaSuccess) return err;
+  const int64_t needed = (numel + threads - 1) / threads;
+  const int64_t most = static_cast<int64_t>(sm_count) * blocks_per_sm;
+  *blocks = static_cast<int>(needed < most ? (needed > 0 ? needed : 1) : most);
+  return cudaSuccess;
+}

@@ -54,16 +54,9 @@ __global__ void __launch_bounds__(kThreads)
 template <typename T>
 cudaError_t launch_typed(const PosteriorStepParams& p, cudaStream_t stream) {
   using opmath_t = typename Io<T>::opmath_t;
-  int device = 0;
-  cudaError_t err = cudaGetDevice(&device);
+  int blocks = 1;
+  const cudaError_t err = rmmd_grid_stride_blocks(p.numel, kThreads, kBlocksPerSm, &blocks);
   if (err != cudaSuccess) return err;
-  int sm_count = 0;
-  err = cudaDeviceGetAttribute(&sm_count, cudaDevAttrMultiProcessorCount, device);
-  if (err != cudaSuccess) return err;
-
-  const int64_t blocks_needed = (p.numel + kThreads - 1) / kThreads;
-  const int64_t max_blocks = static_cast<int64_t>(sm_count) * kBlocksPerSm;
-  const int blocks = static_cast<int>(blocks_needed < max_blocks ? blocks_needed : max_blocks);
   const int64_t stride = static_cast<int64_t>(blocks) * kThreads;
 
   T* out = static_cast<T*>(p.out);

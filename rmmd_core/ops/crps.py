@@ -16,7 +16,7 @@ import torch
 
 from . import dispatch
 from ._library import register_op
-from .crps_reference import ForecastStats, crps_fair_m2_ref, crps_fair_ref, forecast_stats_ref
+from .crps_reference import ForecastStats, check_ensemble, crps_fair_m2_ref, crps_fair_ref, forecast_stats_ref
 
 __all__ = ["FORECAST_FIELDS", "crps_fair", "forecast_stats"]
 
@@ -41,19 +41,9 @@ def _prepare(ens, target, weights, mask):
     weights (``weights=None``: no D-sized tensor at all); ``total[b]`` is the sample's summed effective
     weight (``sum_s weight[s] * mask[b, s]``).
     """
-    if not isinstance(ens, torch.Tensor) or not ens.is_floating_point():
-        raise TypeError("ensemble must be a floating-point Tensor of shape (M, B, ...)")
-    if not isinstance(target, torch.Tensor) or not target.is_floating_point():
-        raise TypeError("target must be a floating-point Tensor of shape (B, ...)")
-    if ens.dim() < 2 or ens.shape[0] < 2:
-        raise ValueError(f"ensemble must have shape (M, B, ...) with M >= 2 members, got {tuple(ens.shape)}")
+    check_ensemble(ens, target)
     if ens.dtype not in _DATA_DTYPES:
         raise TypeError(f"ensemble must be float32, float64, float16 or bfloat16, got {ens.dtype}")
-    if tuple(target.shape) != tuple(ens.shape[1:]):
-        raise ValueError(f"target must have shape {tuple(ens.shape[1:])} (the ensemble without its member "
-                         f"axis), got {tuple(target.shape)}")
-    if ens.device != target.device:
-        raise ValueError(f"target must be on the ensemble's device {ens.device}, got {target.device}")
     sample_shape = tuple(target.shape[1:])
     D = math.prod(sample_shape)
     if weights is None:

@@ -22,9 +22,8 @@ from dataclasses import dataclass
 import torch
 
 
-def _check_inputs(ens: torch.Tensor, target: torch.Tensor, weights: torch.Tensor | None,
-                  mask: torch.Tensor | None) -> torch.Tensor:
-    """Validate shapes/values; return the effective per-element weights broadcast to target's shape."""
+def check_ensemble(ens, target) -> None:
+    """The ensemble ``(M >= 2, B, *S)`` and its target ``(B, *S)``: floating tensors on one device."""
     if not isinstance(ens, torch.Tensor) or not ens.is_floating_point():
         raise TypeError("ensemble must be a floating-point Tensor of shape (M, B, ...)")
     if not isinstance(target, torch.Tensor) or not target.is_floating_point():
@@ -36,6 +35,12 @@ def _check_inputs(ens: torch.Tensor, target: torch.Tensor, weights: torch.Tensor
                          f"axis), got {tuple(target.shape)}")
     if ens.device != target.device:
         raise ValueError(f"target must be on the ensemble's device {ens.device}, got {target.device}")
+
+
+def _check_inputs(ens: torch.Tensor, target: torch.Tensor, weights: torch.Tensor | None,
+                  mask: torch.Tensor | None) -> torch.Tensor:
+    """Validate shapes/values; return the effective per-element weights broadcast to target's shape."""
+    check_ensemble(ens, target)
     sample_shape = tuple(target.shape[1:])
     if weights is None:
         w = torch.ones(sample_shape, dtype=torch.float64, device=target.device)

@@ -13,44 +13,25 @@ from __future__ import annotations
 
 import torch
 
-from . import dispatch
+from . import _checks, dispatch
 from ._library import register_op
 from .denoise_reference import denoise_step_ref, fold_denoise_coefficients
-from .dispatch import _check_int
 
 __all__ = ["denoise_step"]
 
 _OP = "rmmd_core::denoise_step"
 _OP_TRITON = "rmmd_core::denoise_step_triton"
-_DATA_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 _COEFS = ("a", "c", "A", "C", "gamma")
 
 
 def _validate(z_t, net_out, coefs: dict, seed, offset, want_x0) -> tuple[int, int]:
-    for name, t in (("z_t", z_t), ("net_out", net_out), *coefs.items()):
-        if not isinstance(t, torch.Tensor):
-            raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
-    if z_t.dim() < 1:
-        raise ValueError("z_t must have a leading batch dimension (shape (B, ...)), got a 0-d tensor")
-    if z_t.dtype not in _DATA_DTYPES:
-        raise TypeError(f"z_t must be float32, float64, float16 or bfloat16, got {z_t.dtype}")
-    if net_out.shape != z_t.shape:
-        raise ValueError(f"net_out must have z_t's shape {tuple(z_t.shape)}, got {tuple(net_out.shape)}")
-    if net_out.dtype != z_t.dtype:
-        raise TypeError(f"net_out must have z_t's dtype {z_t.dtype}, got {net_out.dtype}")
-    if net_out.device != z_t.device:
-        raise ValueError(f"net_out must be on z_t's device {z_t.device}, got {net_out.device}")
-    batch = z_t.shape[0]
+    _checks.data(z_t, "z_t")
+    _checks.like(net_out, "net_out", z_t, "z_t")
     for name, coef in coefs.items():
-        if coef.dim() != 1 or coef.shape[0] != batch:
-            raise ValueError(f"{name} must have shape (B,) = ({batch},), got {tuple(coef.shape)}")
-        if not coef.dtype.is_floating_point:
-            raise TypeError(f"{name} must be a floating tensor (float64 recommended), got {coef.dtype}")
-        if coef.device != z_t.device:
-            raise ValueError(f"{name} must be on z_t's device {z_t.device}, got {coef.device}")
+        _checks.per_sample(coef, name, z_t, "z_t")
     if not isinstance(want_x0, bool):
         raise TypeError(f"want_x0 must be a bool, got {type(want_x0).__name__}")
-    return _check_int(seed, "seed", upper=2**63), _check_int(offset, "offset", upper=2**63)
+    return _checks.integer(seed, "seed", upper=2**63), _checks.integer(offset, "offset", upper=2**63)
 
 
 def denoise_step(z_t: torch.Tensor, net_out: torch.Tensor, a: torch.Tensor, c: torch.Tensor, A: torch.Tensor,
@@ -101,26 +82,12 @@ def denoise_step(z_t: torch.Tensor, net_out: torch.Tensor, a: torch.Tensor, c: t
 
 def _fake(z_t, net_out, P, Q, gamma, a, c, seed, offset, want_x0):
     # Mirrors csrc/bindings/denoise_step_checks.h; no data access.
-    torch._check(z_t.dim() >= 1, lambda: "rmmd_core::denoise_step: z_t must have a leading batch dimension")
-    torch._check(z_t.dtype in _DATA_DTYPES,
-                 lambda: f"rmmd_core::denoise_step: z_t must be float32, float64, float16 or bfloat16, got {z_t.dtype}")
-    torch._check(net_out.shape == z_t.shape,
-                 lambda: f"rmmd_core::denoise_step: net_out has shape {tuple(net_out.shape)} but z_t has shape "
-                         f"{tuple(z_t.shape)}")
-    torch._check(net_out.dtype == z_t.dtype,
-                 lambda: f"rmmd_core::denoise_step: net_out has dtype {net_out.dtype} but z_t has {z_t.dtype}")
-    torch._check(net_out.device == z_t.device,
-                 lambda: f"rmmd_core::denoise_step: net_out is on {net_out.device} but z_t is on {z_t.device}")
+    _checks.fake_data("denoise_step", z_t, "z_t")
+    _checks.fake_like("denoise_step", net_out, "net_out", z_t, "z_t")
     for name, coef in (("P", P), ("Q", Q), ("gamma", gamma), ("a", a), ("c", c)):
-        torch._check(coef.dim() == 1 and coef.shape[0] == z_t.shape[0],
-                     lambda: f"rmmd_core::denoise_step: {name} must have shape (B,) = ({z_t.shape[0]},), got "
-                             f"{tuple(coef.shape)}")
-        torch._check(coef.dtype.is_floating_point,
-                     lambda: f"rmmd_core::denoise_step: {name} must be a floating tensor, got {coef.dtype}")
-        torch._check(coef.device == z_t.device,
-                     lambda: f"rmmd_core::denoise_step: {name} is on {coef.device} but z_t is on {z_t.device}")
-    torch._check(seed >= 0, lambda: f"rmmd_core::denoise_step: seed must be non-negative, got {seed}")
-    torch._check(offset >= 0, lambda: f"rmmd_core::denoise_step: offset must be non-negative, got {offset}")
+        _checks.fake_per_sample("denoise_step", coef, name, z_t, "z_t")
+    _checks.fake_non_negative("denoise_step", seed, "seed")
+    _checks.fake_non_negative("denoise_step", offset, "offset")
     return z_t.new_empty(z_t.shape), z_t.new_empty(z_t.shape if want_x0 else (0,))
 
 
