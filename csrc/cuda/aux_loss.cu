@@ -8,6 +8,7 @@
 #include <cuda_fp16.h>
 #include <stdint.h>
 
+#include "block_sum.cuh"
 #include "io.cuh"
 
 namespace {
@@ -41,14 +42,8 @@ __global__ void __launch_bounds__(kThreads)
     acc += e_x * e_x + e_m * e_m;
     grad[base + j] = Io<T>::store(coef * (e_x + e_m));
   }
-  for (int off = 16; off > 0; off >>= 1) acc += __shfl_down_sync(0xffffffffu, acc, off);
-  if ((threadIdx.x & 31) == 0) shared[threadIdx.x >> 5] = acc;
-  __syncthreads();
-  if (threadIdx.x == 0) {
-    opmath_t total = 0;
-    for (int i = 0; i < kWarps; ++i) total += shared[i];
-    partial[b * gridDim.x + chunk] = static_cast<double>(total);
-  }
+  const opmath_t total = rmmd::block_sum_shared<kWarps>(acc, shared);
+  if (threadIdx.x == 0) partial[b * gridDim.x + chunk] = static_cast<double>(total);
 }
 
 template <typename opmath_t>

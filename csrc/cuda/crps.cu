@@ -17,6 +17,7 @@
 #include <cuda_fp16.h>
 #include <stdint.h>
 
+#include "block_sum.cuh"
 #include "io.cuh"
 
 namespace {
@@ -28,21 +29,6 @@ constexpr int kWarps = kThreads / 32;
 constexpr int kFields = 5;  // forecast statistics per variable
 
 int64_t chunks_for(int64_t elements) { return (elements + kThreads - 1) / kThreads; }
-
-// Block-wide sum of one value per thread; the result is valid in thread 0.
-template <typename T>
-__device__ __forceinline__ T block_sum(T v, T* shared) {
-  for (int off = 16; off > 0; off >>= 1) v += __shfl_down_sync(0xffffffffu, v, off);
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  __syncthreads();  // shared may still be read by a previous call
-  if (lane == 0) shared[warp] = v;
-  __syncthreads();
-  T total = T(0);
-  if (threadIdx.x == 0) {
-    for (int i = 0; i < kWarps; ++i) total += shared[i];
-  }
-  return total;
-}
 
 template <typename opmath_t>
 __device__ __forceinline__ opmath_t sign_of(opmath_t v) {
@@ -133,7 +119,7 @@ __global__ void __launch_bounds__(kThreads)
       value = (skill / m - lin / pairs) * wn;
     }
   }
-  const opmath_t total = block_sum(value, shared);
+  const opmath_t total = rmmd::block_sum_shared<kWarps>(value, shared);
   if (threadIdx.x == 0) partial[b * gridDim.x + chunk] = static_cast<double>(total);
 }
 
@@ -185,7 +171,7 @@ __global__ void __launch_bounds__(kThreads)
   }
   double* out = partial + (v * gridDim.x + chunk) * kFields;
   for (int k = 0; k < kFields; ++k) {
-    const opmath_t total = block_sum(f[k], shared);
+    const opmath_t total = rmmd::block_sum_shared<kWarps>(f[k], shared);
     if (threadIdx.x == 0) out[k] = static_cast<double>(total);
   }
 }

@@ -5,20 +5,15 @@
 #include <cuda_runtime.h>
 #include <stdint.h>
 
+#include "block_sum.cuh"
+
 namespace rmmd {
 
 // Sum of `v` over a block of kThreads threads (multiple of 32); the result is valid in thread 0.
 template <int kThreads, typename T>
 __device__ __forceinline__ T block_sum(T v) {
   __shared__ T shared[kThreads / 32];
-  for (int off = 16; off > 0; off >>= 1) v += __shfl_down_sync(0xffffffffu, v, off);
-  if ((threadIdx.x & 31) == 0) shared[threadIdx.x >> 5] = v;
-  __syncthreads();
-  T total = 0;
-  if (threadIdx.x == 0) {
-    for (int i = 0; i < kThreads / 32; ++i) total += shared[i];
-  }
-  return total;
+  return block_sum_shared<kThreads / 32>(v, shared);
 }
 
 // value[b] = -(sum_k partial[b * per_sample + k]) / D, the sum (double, fixed order) rounded to opmath

@@ -16,6 +16,7 @@
 #include <cuda_fp16.h>
 #include <stdint.h>
 
+#include "block_sum.cuh"
 #include "io.cuh"
 
 namespace {
@@ -29,21 +30,6 @@ constexpr int kWarps = kThreads / 32;
 constexpr int kSums = 4;
 
 int64_t chunks_per_sample(int64_t per_sample) { return (per_sample + kChunk - 1) / kChunk; }
-
-// Block-wide sum of one value per thread; the result is valid in thread 0.
-template <typename T>
-__device__ __forceinline__ T block_sum(T v, T* shared) {
-  for (int off = 16; off > 0; off >>= 1) v += __shfl_down_sync(0xffffffffu, v, off);
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  __syncthreads();  // shared may still be read by a previous call
-  if (lane == 0) shared[warp] = v;
-  __syncthreads();
-  T total = T(0);
-  if (threadIdx.x == 0) {
-    for (int i = 0; i < kWarps; ++i) total += shared[i];
-  }
-  return total;
-}
 
 template <typename T>
 __global__ void __launch_bounds__(kThreads)
@@ -61,7 +47,7 @@ __global__ void __launch_bounds__(kThreads)
       acc += v < opmath_t(0) ? -v : v;
     }
   }
-  const opmath_t total = block_sum(acc, shared);
+  const opmath_t total = rmmd::block_sum_shared<kWarps>(acc, shared);
   if (threadIdx.x == 0) partial[b * gridDim.x + chunk] = static_cast<double>(total);
 }
 
@@ -120,7 +106,7 @@ __global__ void __launch_bounds__(kThreads)
   const opmath_t sums[kSums] = {s_xd, s_dd, s_rr, s_ee};
   double* out = partial + (b * gridDim.x + chunk) * kSums;
   for (int k = 0; k < kSums; ++k) {
-    const opmath_t total = block_sum(sums[k], shared);
+    const opmath_t total = rmmd::block_sum_shared<kWarps>(sums[k], shared);
     if (threadIdx.x == 0) out[k] = static_cast<double>(total);
   }
 }
