@@ -209,13 +209,20 @@ class Row:
         return 1e3 * statistics.median(self.times) if self.times else float("nan")
 
 
-def ours_rows(spec: Spec, device, backends, num_steps=None, with_floor=True) -> list:
+def ours_rows(spec: Spec, device, backends, num_steps=None, with_floor=True, checkpoint=False) -> list:
+    """Rows of ``rmmd_core.step()`` per backend (+ the floor of the first). ``checkpoint``: the student's
+    network activation-checkpointed as a whole (its graph is recomputed in backward: one more forward,
+    which the hooks do not see since checkpoint re-runs ``forward`` directly)."""
+    from rmmd_core.activation import checkpoint_activations
+
     K = spec.num_steps if num_steps is None else num_steps
     rows = []
     for b in backends:
         teacher = spec.make_teacher().to(device)
         cfg = RMMDConfig(num_steps=K, ema_decay=0.999)
         eng = RMMD(teacher, config=cfg, sample_shape=spec.shape, seed=0, backend=b)
+        if checkpoint:
+            checkpoint_activations(eng.student.net, lambda m, net=eng.student.net: m is net)
         cond = spec.cond(device)
         nets = {"student": eng.student.net, "teacher": eng.teacher.net, "aux": eng.auxiliary.net}
         log = CallLog(nets)
@@ -226,7 +233,8 @@ def ours_rows(spec: Spec, device, backends, num_steps=None, with_floor=True) -> 
         m = fn()
         log.record = False
         assert sum(log.fwd.values()) == m["calls_total"] and sum(log.grad.values()) == m["calls_grad"], (log.fwd, m)
-        row = Row(spec.name, "ours", b, K, fn, sum(log.fwd.values()), sum(log.grad.values()))
+        row = Row(spec.name, "ours, ckpt student" if checkpoint else "ours", b, K, fn, sum(log.fwd.values()),
+                  sum(log.grad.values()))
         rows.append(row)
         if with_floor and b == backends[0]:
             floor = Floor(log.calls, [(eng.student.net, eng.student_optimizer),
@@ -365,6 +373,8 @@ def build_rows(names, specs, device, backends, peer: bool, k_sweep) -> list:
     for name in names:
         spec = specs[name]
         rows += ours_rows(spec, device, backends)
+        if spec.name.startswith("unet"):  # the memory knob: recompute the student's graph in backward
+            rows += ours_rows(spec, device, backends[:1], with_floor=False, checkpoint=True)
         if peer and spec.peer:
             rows += peer_rows(spec, device)
     for K in k_sweep:
@@ -381,7 +391,7 @@ def format_table(rows: list) -> str:
     lines = [head]
     for r in rows:
         fl = floors.get((r.config, "peer floor" if r.impl.startswith("peer") else "floor"))
-        ratio = f"{r.ms / fl:.3f}" if fl and r.impl in ("ours", "peer") else ""
+        ratio = f"{r.ms / fl:.3f}" if fl and r.impl not in ("floor", "peer floor") else ""
         per_call = r.ms / (r.fwd + r.grad_calls) if r.fwd else float("nan")
         lines.append(f"| {r.config} | {r.impl} | {r.backend} | {r.num_steps} | {r.fwd} | {r.grad_calls} | "
                      f"{r.ms:.1f} | {ratio} | {per_call:.2f} | {r.peak_mib:.1f} |")
@@ -408,7 +418,7 @@ def main(argv=None) -> int:
     ap.add_argument("--smoke", action="store_true", help="tiny configs, 1 repeat, in-process memory, no peer")
     ap.add_argument("--configs", nargs="+", default=None, help=f"subset of {list(CONFIGS)}")
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--repeats", type=int, default=7)
+    ap.add_argument("--repeats", type=int, default=9)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--no-peer", action="store_true")
     ap.add_argument("--k-sweep", type=int, nargs="*", default=None, help="K values for the memory sweep")

@@ -367,6 +367,12 @@ def step(engine: RMMD, data: torch.Tensor | None = None, cond: Cond = None, *, b
     """
     out = losses(engine, data, cond, batch_size=batch_size, generator=generator)
     m = out.metrics
+    # The auxiliary first: its backward frees its graph before the student's backward runs, so with an
+    # activation-checkpointed student (rmmd_core.checkpoint_activations) the student's recomputed
+    # activations never coexist with the auxiliary's. The two losses share no parameters and every
+    # cross term is detached, so the order changes no value.
+    grad_norm_aux, skipped_a = apply_update(out.aux_loss, engine.auxiliary, engine.aux_optimizer,
+                                            engine.config.grad_clip)
     grad_norm, skipped_s = float("nan"), False
     if out.student_loss is not None:
         grad_norm, skipped_s = apply_update(out.student_loss, engine.student, engine.student_optimizer,
@@ -374,8 +380,6 @@ def step(engine: RMMD, data: torch.Tensor | None = None, cond: Cond = None, *, b
         if not skipped_s:
             engine.student_updates += 1
             engine.update_ema()
-    grad_norm_aux, skipped_a = apply_update(out.aux_loss, engine.auxiliary, engine.aux_optimizer,
-                                            engine.config.grad_clip)
     engine.iteration += 1
     engine.skipped_updates += int(skipped_s or skipped_a)
     m.update(grad_norm=grad_norm, grad_norm_aux=grad_norm_aux, skipped=float(skipped_s or skipped_a),
