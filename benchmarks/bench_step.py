@@ -16,8 +16,10 @@ every row alike), with medians:
   network, same batch, seed and threads; ``peer floor`` replays its calls the same way.
 
 Columns: forward calls and calls recorded with grad per iteration (counted with forward hooks on the
-raw networks, for every row), median ms per iteration, overhead = row / its floor, ms per network call
-(ms / (forwards + grad calls), each backward counted as one call), and the peak memory of one
+raw networks, for every row), median wall ms per iteration, overhead = row / its floor, ms per network
+call (ms / (forwards + grad calls), each backward counted as one call), the same median and overhead in
+process CPU time (with one thread it is the work done, and far less sensitive than wall time to other
+processes on a shared machine; with more threads it sums them), and the peak memory of one
 iteration above the memory held before it (CPU: RSS high-water mark via /proc/self/clear_refs, in a
 subprocess run with a fixed glibc mmap threshold so freed tensors leave the RSS; CUDA:
 ``max_memory_allocated``). A K sweep (1, 2, 4, 8) of the small UNet shows the peak does not grow with K.
@@ -202,11 +204,16 @@ class Row:
     fwd: int = 0
     grad_calls: int = 0
     times: list = field(default_factory=list)
+    cpu_times: list = field(default_factory=list)
     peak_mib: float = float("nan")
 
     @property
     def ms(self) -> float:
         return 1e3 * statistics.median(self.times) if self.times else float("nan")
+
+    @property
+    def cpu_ms(self) -> float:
+        return 1e3 * statistics.median(self.cpu_times) if self.cpu_times else float("nan")
 
 
 def ours_rows(spec: Spec, device, backends, num_steps=None, with_floor=True, checkpoint=False) -> list:
@@ -327,10 +334,11 @@ def time_rows(rows: list, repeats: int, device) -> None:
     for _ in range(repeats):
         for r in rows:
             _sync(device)
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             r.fn()
             _sync(device)
             r.times.append(time.perf_counter() - t0)
+            r.cpu_times.append(time.process_time() - c0)
 
 
 def _status_kib(key: str) -> int:
@@ -386,15 +394,19 @@ def build_rows(names, specs, device, backends, peer: bool, k_sweep) -> list:
 
 def format_table(rows: list) -> str:
     floors = {(r.config, r.impl): r.ms for r in rows if r.impl in ("floor", "peer floor")}
+    cpu_floors = {(r.config, r.impl): r.cpu_ms for r in rows if r.impl in ("floor", "peer floor")}
     head = ("| config | impl | backend | K | fwd | grad calls | ms / iter | overhead vs floor | ms / call | "
-            "peak MiB |\n|---|---|---|---|---|---|---|---|---|---|")
+            "CPU ms / iter | CPU overhead | peak MiB |\n|---|---|---|---|---|---|---|---|---|---|---|---|")
     lines = [head]
     for r in rows:
-        fl = floors.get((r.config, "peer floor" if r.impl.startswith("peer") else "floor"))
-        ratio = f"{r.ms / fl:.3f}" if fl and r.impl not in ("floor", "peer floor") else ""
+        key = (r.config, "peer floor" if r.impl.startswith("peer") else "floor")
+        fl, cfl = floors.get(key), cpu_floors.get(key)
+        mine = r.impl not in ("floor", "peer floor")
+        ratio = f"{r.ms / fl:.3f}" if fl and mine else ""
+        cratio = f"{r.cpu_ms / cfl:.3f}" if cfl and mine else ""
         per_call = r.ms / (r.fwd + r.grad_calls) if r.fwd else float("nan")
         lines.append(f"| {r.config} | {r.impl} | {r.backend} | {r.num_steps} | {r.fwd} | {r.grad_calls} | "
-                     f"{r.ms:.1f} | {ratio} | {per_call:.2f} | {r.peak_mib:.1f} |")
+                     f"{r.ms:.1f} | {ratio} | {per_call:.2f} | {r.cpu_ms:.1f} | {cratio} | {r.peak_mib:.1f} |")
     return "\n".join(lines)
 
 
@@ -469,7 +481,9 @@ def main(argv=None) -> int:
             json.dump({"date": stamp, "machine": machine, "note": args.note, "repeats": repeats,
                        "rows": [{"config": r.config, "impl": r.impl, "backend": r.backend, "num_steps": r.num_steps,
                                  "fwd": r.fwd, "grad_calls": r.grad_calls, "ms_median": r.ms,
-                                 "ms_all": [1e3 * t for t in r.times], "peak_mib": r.peak_mib} for r in rows]},
+                                 "ms_all": [1e3 * t for t in r.times], "cpu_ms_median": r.cpu_ms,
+                                 "cpu_ms_all": [1e3 * t for t in r.cpu_times], "peak_mib": r.peak_mib}
+                                for r in rows]},
                       f, indent=1)
     return 0
 

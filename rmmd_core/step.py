@@ -359,8 +359,9 @@ def step(engine: RMMD, data: torch.Tensor | None = None, cond: Cond = None, *, b
     norms ``cot_norm_mm / cot_norm_reward / cot_norm_anchor``, ``grad_norm`` (student, before
     clipping), ``grad_norm_aux``, ``nfe`` (network evaluations per student sample in this iteration),
     ``calls_<network>``, ``calls_total`` (all network calls), ``calls_grad`` (calls recorded for
-    backward: 2 when both networks update, 1 on auxiliary-only iterations), ``skipped`` / ``skipped_student`` / ``skipped_aux`` (a non-finite loss or
-    gradient skips that update and leaves weights and optimiser state untouched), ``t_mean``,
+    backward: 2 when both networks update, 1 on auxiliary-only iterations), ``skipped`` /
+    ``skipped_student`` / ``skipped_aux`` (a non-finite loss or gradient skips that update and leaves
+    weights and optimiser state untouched), ``t_mean``,
     ``s_mean``, ``iteration``, ``phase`` (``'mm' | 'rmmd'``), ``state_source``, ``backend`` (the one
     backend every fused op ran on, else ``op=name`` pairs) and ``backend_<op>`` for each fused op used
     (``posterior_step``, ``renoise``, ``rmmd_cotangent``, ``aux_loss``).

@@ -30,7 +30,7 @@ def test_smoke_run_table_and_counts(tmp_path, capsys):
         for r in ours + [floor]:
             # continuous on-policy: K rollout calls + student + teacher + auxiliary; 2 with grad
             assert r["fwd"] == K + 3 and r["grad_calls"] == 2, r
-            assert r["ms_median"] > 0 and math.isfinite(r["ms_median"])
+            assert r["ms_median"] > 0 and math.isfinite(r["ms_median"]) and r["cpu_ms_median"] > 0
     sweep = {r["config"]: r["fwd"] for r in res["rows"] if " K=" in r["config"]}
     assert sweep == {"2d K=1": 4, "2d K=2": 5}
 
