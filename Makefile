@@ -9,7 +9,7 @@ STAMPS     := .stamps
 DEPS       := triton numpy pytest pytest-timeout ninja pybind11 hypothesis diffusers scipy tqdm matplotlib
 EXT_SRCS   := setup.py $(shell find csrc -type f 2>/dev/null)
 
-.PHONY: demo pareto test bench bench-memory setup clean
+.PHONY: demo pareto test bench bench-memory bench-step bench-step-peer setup clean
 
 # each run writes a new timestamped report folder (the CLI never overwrites one without --overwrite)
 DEMO_OUT  ?= demo_reports/$(shell date +%Y%m%d-%H%M%S)
@@ -30,6 +30,16 @@ bench: setup
 
 bench-memory: setup
 	$(PY) benchmarks/bench_memory.py
+
+# step time vs its floor (same network calls, trivial loss) and vs the peer's DMD2 step when installed
+BENCH_STEP_ARGS ?=
+bench-step: setup
+	$(PY) benchmarks/bench_step.py --json benchmarks/results/step-$(shell date +%Y-%m-%d)-$(shell $(PY) -c "import torch; print('cuda' if torch.cuda.is_available() else 'cpu')").json $(BENCH_STEP_ARGS)
+
+# the optional peer (nvidia-modelopt, pinned next to torch so pip keeps our torch build)
+bench-step-peer: setup
+	$(PIP) install -q "nvidia-modelopt==0.47.0" "$(TORCH_SPEC)"
+	$(MAKE) bench-step
 
 setup: $(STAMPS)/build
 

@@ -167,6 +167,10 @@ setup(
     # torch is deliberately absent: it must already be installed (the build links against it), and
     # listing it would let pip replace a CUDA build with a different wheel.
     install_requires=["numpy"],
+    # `pip install -e .[peer]`: NVIDIA's modelopt.torch.fastgen DMD2, the peer row of benchmarks/bench_step.py
+    # (pin torch alongside, e.g. `pip install "nvidia-modelopt==0.47.0" "torch==2.13.0"`, so pip keeps
+    # the installed torch build). Nothing in the package or the tests imports it.
+    extras_require={"peer": ["nvidia-modelopt==0.47.0"]},
     ext_modules=ext_modules,
     cmdclass=cmdclass,
     entry_points={"console_scripts": ["rmmd = rmmd_core.__main__:main"]},

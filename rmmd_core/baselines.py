@@ -294,7 +294,11 @@ class DIpp(_Trained):
         loss = surrogate.mean()
         r = None
         if self.reward is not None:
-            r = reward_value(self.reward, x0, cond) if cfg.reward_weight > 0 else self.reward(x0d, cond)
+            if cfg.reward_weight > 0:
+                r = reward_value(self.reward, x0, cond)
+            else:  # monitored only: no graph through a reward network's parameters
+                with torch.no_grad():
+                    r = self.reward(x0d, cond)
             if cfg.reward_weight > 0:
                 loss = loss - cfg.reward_weight * r.mean()
         aux_loss = (w * ((x0d - aux) ** 2 + (m_ref - aux) ** 2)).flatten(1).mean(1).mean()

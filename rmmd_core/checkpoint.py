@@ -49,8 +49,14 @@ class CheckpointError(ValueError):
     """A checkpoint that cannot be loaded into this engine (truncated, foreign or mismatched)."""
 
 
-def _net_state(den) -> dict | None:
-    return None if den is None else unwrap(den.net).state_dict()
+def _net_state(den, like=None) -> dict | None:
+    if den is None:
+        return None
+    sd = unwrap(den.net).state_dict()
+    if like is not None:  # frozen copies kept in bf16 (config.frozen_dtype) are saved in the trained net's dtypes
+        ref = unwrap(like.net).state_dict()
+        sd = {k: v.to(ref[k].dtype) if k in ref and v.dtype != ref[k].dtype else v for k, v in sd.items()}
+    return sd
 
 
 def _refuse_sharded(engine, what: str) -> None:
@@ -82,6 +88,8 @@ def engine_state_dict(engine) -> dict:
     return {
         **engine_meta(engine),
         **{name: _net_state(getattr(engine, name)) for name in _NETS},
+        "anchor": _net_state(engine.anchor, like=engine.student),
+        "frozen_aux": _net_state(engine.frozen_aux, like=engine.auxiliary),
         "student_optimizer": engine.student_optimizer.state_dict(),
         "aux_optimizer": engine.aux_optimizer.state_dict(),
     }

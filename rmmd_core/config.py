@@ -10,6 +10,7 @@ from .sampler import GRIDS
 
 WEIGHTINGS = ("flat", "snr", "edm", "dmd")
 VARIANTS = ("continuous", "discrete")
+FROZEN_DTYPES = ("bfloat16",)
 REFERENCES = ("teacher", "frozen_aux")
 GAPS = ("uniform", "grid")
 
@@ -49,6 +50,12 @@ class RMMDConfig:
         grad_clip: max global grad norm for each network (None disables).
         lr, betas, eps: for the optimisers the engine creates when none are passed
             (Adam(beta1 = 0, beta2 = 0.99, eps = 1e-12), method.md "Project defaults").
+    Memory:
+        frozen_dtype: None (default: frozen networks keep their weights' dtype) or ``'bfloat16'``: the
+            teacher, the phase-1 anchor and the frozen phase-1 auxiliary hold bf16 weights (half their
+            fp32 memory) and run under bf16 autocast; their outputs are cast back to fp32 before any
+            loss math. Trained networks, the EMA and optimiser state are untouched (see README
+            "Performance" for what it does to the metrics).
     """
 
     num_steps: int = 8
@@ -71,6 +78,7 @@ class RMMDConfig:
     lr: float = 1e-4
     betas: tuple = (0.0, 0.99)
     eps: float = 1e-12
+    frozen_dtype: str | None = None
 
     def __post_init__(self):
         def need(cond, field, expected):
@@ -99,6 +107,8 @@ class RMMDConfig:
         need(self.lr > 0, "lr", "> 0")
         need(len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas), "betas", "two numbers in [0, 1)")
         need(self.eps > 0, "eps", "> 0")
+        need(self.frozen_dtype is None or self.frozen_dtype in FROZEN_DTYPES, "frozen_dtype",
+             f"None or one of {FROZEN_DTYPES}")
 
     @property
     def lambda_reg(self) -> float:

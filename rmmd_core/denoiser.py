@@ -106,8 +106,9 @@ class Denoiser(nn.Module):
         z: ``(B, ...)`` noisy input; t: ``(B,)`` or scalar continuous time; cond: dict / tensor / None.
         Returns ``x̂``: same shape as ``z``.
 
-    Every call increments ``self.calls`` (network calls) and ``self.nfe`` (rows evaluated), which the
-    engine reports; the unit tests count calls independently with forward hooks.
+    Every call increments ``self.calls`` (network calls), ``self.nfe`` (rows evaluated) and, when autograd
+    is recording, ``self.grad_calls``, which the engine reports; the unit tests count calls independently
+    with forward hooks.
     """
 
     def __init__(
@@ -151,6 +152,7 @@ class Denoiser(nn.Module):
         self.autocast = check_autocast(autocast)
         self.calls = 0
         self.nfe = 0
+        self.grad_calls = 0
 
     # ------------------------------------------------------------------ helpers
     def net_time(self, t: torch.Tensor) -> torch.Tensor:
@@ -184,6 +186,7 @@ class Denoiser(nn.Module):
             out = self.net(z_in, t_in, **cond)
         self.calls += 1
         self.nfe += z_in.shape[0]
+        self.grad_calls += int(torch.is_grad_enabled())
         if hasattr(out, "sample"):
             out = out.sample
         elif isinstance(out, (tuple, list)):
@@ -319,14 +322,14 @@ class Denoiser(nn.Module):
         The copy holds the unwrapped network (DDP / torch.compile wrappers are not copied)."""
         c = self._plain_copy()
         c.requires_grad_(False).eval()
-        c.calls = c.nfe = 0
+        c.calls = c.nfe = c.grad_calls = 0
         return c
 
     def trainable_copy(self) -> "Denoiser":
         """A deep copy with ``requires_grad=True`` (student / auxiliary initialised from the teacher)."""
         c = self._plain_copy()
         c.requires_grad_(True).train()
-        c.calls = c.nfe = 0
+        c.calls = c.nfe = c.grad_calls = 0
         return c
 
 

@@ -104,6 +104,7 @@ class RMMD:
         self.iteration = 0
         self.student_updates = 0
         self.skipped_updates = 0
+        self.apply_frozen_dtype()  # after the trainable copies: they keep the teacher's own precision
 
     # ------------------------------------------------------------------ phases
     @property
@@ -123,7 +124,31 @@ class RMMD:
             self.reward = as_reward(reward)
         if config_changes:
             self.config = self.config.replace(**config_changes)
+        self.apply_frozen_dtype()
         return self
+
+    def apply_frozen_dtype(self) -> None:
+        """Cast the frozen networks to ``config.frozen_dtype`` (no-op when None); idempotent and cheap.
+
+        The teacher, anchor and frozen auxiliary get their floating-point weights and buffers cast in
+        place (half the memory of fp32 for ``'bfloat16'``; the teacher object you passed is changed)
+        and run under autocast in that dtype (unless they already had an autocast dtype), so the
+        mixed fp32-input / bf16-weight calls go through autocast's casts. Their outputs are cast back to
+        the input dtype by :class:`Denoiser`, so losses and fused ops stay fp32. ``losses()`` calls
+        this every iteration (a marker check), so networks swapped in later, anchors rebuilt by a
+        checkpoint load or a config changed by hand are covered too.
+        """
+        name = self.config.frozen_dtype
+        if name is None:
+            return
+        dtype = getattr(torch, name)
+        for den in (self.teacher, self.anchor, self.frozen_aux):
+            if den is None or getattr(den, "_rmmd_frozen_dtype", None) is dtype:
+                continue
+            den.net.to(dtype)
+            if den.autocast is None:
+                den.autocast = dtype
+            den._rmmd_frozen_dtype = dtype
 
     # ------------------------------------------------------------------ checkpointing
     def state_dict(self) -> dict:

@@ -242,13 +242,14 @@ def losses(engine: RMMD, data: torch.Tensor | None = None, cond: Cond = None, *,
                          "or set anchor_weight=0")
     if cfg.reference == "frozen_aux" and engine.frozen_aux is None:
         raise ValueError("reference='frozen_aux' needs a frozen phase-1 auxiliary: call engine.start_phase2() first")
+    engine.apply_frozen_dtype()  # marker check; casts frozen networks swapped in since the last call
     student, sch = engine.student, engine.student.schedule
     device = data.device if data is not None else engine.device
     dtype = data.dtype if data is not None else engine.dtype
     cond_n = repeat_cond(cond, M)
     nets = {"student": student, "teacher": engine.teacher, "aux": engine.auxiliary, "anchor": engine.anchor,
             "frozen_aux": engine.frozen_aux}
-    calls0 = {k: (d.calls, d.nfe) for k, d in nets.items() if d is not None}
+    calls0 = {k: (d.calls, d.nfe, d.grad_calls) for k, d in nets.items() if d is not None}
     s_floor = max(sch.t_min, 1e-4)  # keeps the moment time off s = 0, where every x-predictor is the identity
 
     # 1. training state z_t at time t, and the moment time s < t (no grad anywhere here)
@@ -336,23 +337,41 @@ def losses(engine: RMMD, data: torch.Tensor | None = None, cond: Cond = None, *,
     aux_loss = fused_aux_loss(aux_out, x0d, m_ref, w_aux, engine.backend)
 
     calls = {k: d.calls - calls0[k][0] for k, d in nets.items() if d is not None}
+    grad_calls = sum(d.grad_calls - calls0[k][2] for k, d in nets.items() if d is not None)
     nfe = sum(d.nfe - calls0[k][1] for k, d in nets.items() if d is not None) / N
     nan = float("nan")
+    # every scalar metric in ONE device->host copy (each float() of a CUDA tensor is a sync)
+    scalars = {"mm_surrogate": surrogate.mean(), "student_loss": value, "aux_loss": aux_loss.detach(),
+               "cot_norm_mm": stats[:, 2].sum().sqrt(), "t_mean": t.mean(), "s_mean": s.mean()}
+    if r is not None:
+        scalars["reward_mean"] = r.mean()
+    if l2 is not None:
+        scalars["anchor_l2"] = l2.mean()
+    if G is not None:
+        scalars["cot_norm_reward"] = stats[:, 3].sum().sqrt()
+    if a is not None:
+        scalars["cot_norm_anchor"] = stats[:, 4].sum().sqrt()
+    values = dict(zip(scalars, torch.stack([v.detach().to(torch.float64).reshape(()) for v in scalars.values()])
+                      .tolist()))
     metrics = {
         "phase": engine.phase,
         "state_source": source,
-        "mm_surrogate": float(surrogate.mean()),
-        "reward_mean": float(r.mean()) if r is not None else nan,
-        "anchor_l2": float(l2.mean()) if l2 is not None else nan,
-        "student_loss": float(value),
-        "aux_loss": float(aux_loss.detach()),
-        "cot_norm_mm": float(stats[:, 2].sum().sqrt()),
-        "cot_norm_reward": float(stats[:, 3].sum().sqrt()) if G is not None else 0.0,
-        "cot_norm_anchor": float(stats[:, 4].sum().sqrt()) if a is not None else 0.0,
-        "t_mean": float(t.mean()),
-        "s_mean": float(s.mean()),
+        "mm_surrogate": values["mm_surrogate"],
+        "reward_mean": values.get("reward_mean", nan),
+        "anchor_l2": values.get("anchor_l2", nan),
+        "student_loss": values["student_loss"],
+        "aux_loss": values["aux_loss"],
+        "cot_norm_mm": values["cot_norm_mm"],
+        "cot_norm_reward": values.get("cot_norm_reward", 0.0),
+        "cot_norm_anchor": values.get("cot_norm_anchor", 0.0),
+        "t_mean": values["t_mean"],
+        "s_mean": values["s_mean"],
         "nfe": nfe,
         **{f"calls_{k}": v for k, v in calls.items()},
+        # network calls this iteration (all networks; a CFG call with cond + null rows batched is one call)
+        # and how many of them ran with autograd recording (the ones the backward passes go through)
+        "calls_total": sum(calls.values()),
+        "calls_grad": grad_calls,
         "student_update": update_student,
         **_backend_metrics({"posterior_step": (z_t,), **fused_ops, "rmmd_cotangent": (x0d, w),
                             "aux_loss": (aux_out, w_aux)}, engine.backend),
@@ -376,14 +395,22 @@ def step(engine: RMMD, data: torch.Tensor | None = None, cond: Cond = None, *, b
     (nan without an anchor), ``student_loss`` (the objective's value), ``aux_loss``, per-term cotangent
     norms ``cot_norm_mm / cot_norm_reward / cot_norm_anchor``, ``grad_norm`` (student, before
     clipping), ``grad_norm_aux``, ``nfe`` (network evaluations per student sample in this iteration),
-    ``calls_<network>``, ``skipped`` / ``skipped_student`` / ``skipped_aux`` (a non-finite loss or
-    gradient skips that update and leaves weights and optimiser state untouched), ``t_mean``,
+    ``calls_<network>``, ``calls_total`` (all network calls), ``calls_grad`` (calls recorded for
+    backward: 2 when both networks update, 1 on auxiliary-only iterations), ``skipped`` /
+    ``skipped_student`` / ``skipped_aux`` (a non-finite loss or gradient skips that update and leaves
+    weights and optimiser state untouched), ``t_mean``,
     ``s_mean``, ``iteration``, ``phase`` (``'mm' | 'rmmd'``), ``state_source``, ``backend`` (the one
     backend every fused op ran on, else ``op=name`` pairs) and ``backend_<op>`` for each fused op used
     (``posterior_step``, ``renoise``, ``rmmd_cotangent``, ``aux_loss``).
     """
     out = losses(engine, data, cond, batch_size=batch_size, generator=generator, reward_kwargs=reward_kwargs)
     m = out.metrics
+    # The auxiliary first: its backward frees its graph before the student's backward runs, so with an
+    # activation-checkpointed student (rmmd_core.checkpoint_activations) the student's recomputed
+    # activations never coexist with the auxiliary's. The two losses share no parameters and every
+    # cross term is detached, so the order changes no value.
+    grad_norm_aux, skipped_a = apply_update(out.aux_loss, engine.auxiliary, engine.aux_optimizer,
+                                            engine.config.grad_clip)
     grad_norm, skipped_s = float("nan"), False
     if out.student_loss is not None:
         grad_norm, skipped_s = apply_update(out.student_loss, engine.student, engine.student_optimizer,
@@ -391,8 +418,6 @@ def step(engine: RMMD, data: torch.Tensor | None = None, cond: Cond = None, *, b
         if not skipped_s:
             engine.student_updates += 1
             engine.update_ema()
-    grad_norm_aux, skipped_a = apply_update(out.aux_loss, engine.auxiliary, engine.aux_optimizer,
-                                            engine.config.grad_clip)
     engine.iteration += 1
     engine.skipped_updates += int(skipped_s or skipped_a)
     m.update(grad_norm=grad_norm, grad_norm_aux=grad_norm_aux, skipped=float(skipped_s or skipped_a),

@@ -1,0 +1,58 @@
+"""benchmarks/bench_step.py --smoke: every row runs, our call counts match the hooks, the floor replays
+exactly the recorded calls (no wall-clock assertions: times are only checked to exist)."""
+import importlib.util
+import json
+import math
+import pathlib
+import sys
+
+import pytest
+
+pytest.importorskip("diffusers")
+spec = importlib.util.spec_from_file_location(
+    "bench_step", pathlib.Path(__file__).resolve().parents[1] / "benchmarks" / "bench_step.py")
+bench_step = importlib.util.module_from_spec(spec)
+sys.modules["bench_step"] = bench_step  # dataclasses resolve their module through sys.modules
+spec.loader.exec_module(bench_step)
+
+
+def test_smoke_run_table_and_counts(tmp_path, capsys):
+    out = tmp_path / "step.json"
+    assert bench_step.main(["--smoke", "--threads", "1", "--json", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "| config | impl | backend |" in text and "peer not run" in text
+    res = json.loads(out.read_text())
+    rows = {(r["config"], r["impl"], r["backend"]): r for r in res["rows"]}
+    for name, K in (("2d", 2), ("unet-xs", 1), ("large", 1)):
+        ours = [r for r in res["rows"] if r["config"] == name and r["impl"] == "ours"]
+        assert {r["backend"] for r in ours} >= {"reference"} and len(ours) >= 1
+        floor = rows[(name, "floor", "-")]
+        for r in ours + [floor]:
+            # continuous on-policy: K rollout calls + student + teacher + auxiliary; 2 with grad
+            assert r["fwd"] == K + 3 and r["grad_calls"] == 2, r
+            assert r["ms_median"] > 0 and math.isfinite(r["ms_median"]) and r["cpu_ms_median"] > 0
+    sweep = {r["config"]: r["fwd"] for r in res["rows"] if " K=" in r["config"]}
+    assert sweep == {"2d K=1": 4, "2d K=2": 5}
+
+
+def test_floor_replays_the_recorded_calls():
+    import torch
+
+    ours, floor = bench_step.ours_rows(bench_step.SMOKE["2d"], torch.device("cpu"), ["reference"])
+    assert floor.impl == "floor" and isinstance(floor.fn, bench_step.Floor)
+    counter = {"fwd": 0, "grad": 0}
+
+    def hook(mod, args, kwargs):
+        counter["fwd"] += 1
+        counter["grad"] += int(torch.is_grad_enabled())
+
+    mods = {id(c[0]): c[0] for c in floor.fn.calls}
+    assert len(mods) == 3  # student, teacher, auxiliary
+    handles = [m.register_forward_pre_hook(hook, with_kwargs=True) for m in mods.values()]
+    before = [p.detach().clone() for _, opt in floor.fn.trained for g in opt.param_groups for p in g["params"]]
+    floor.fn()
+    for h in handles:
+        h.remove()
+    assert counter == {"fwd": ours.fwd, "grad": 2}
+    after = [p for _, opt in floor.fn.trained for g in opt.param_groups for p in g["params"]]
+    assert any(not torch.equal(a, b) for a, b in zip(before, after)), "the floor steps the optimisers"
