@@ -81,6 +81,12 @@ def posterior_coefficients(schedule: Schedule, t: torch.Tensor, s: torch.Tensor,
     return torch.where(final, zero, A), torch.where(final, one, C), torch.where(final, zero, gamma)
 
 
+def _coefficients(schedule, t, s, eta, given, batch: int):
+    if given is None:
+        return posterior_coefficients(schedule, t, s, eta)
+    return tuple(torch.as_tensor(c, dtype=torch.float64).expand(batch) for c in given)
+
+
 def draw_seed(generator: torch.Generator | None) -> int:
     """A fresh 62-bit Philox seed from ``generator`` (torch's global RNG when None)."""
     return int(torch.randint(0, 2 ** 62, (1,), generator=generator, dtype=torch.int64).item())
@@ -88,9 +94,12 @@ def draw_seed(generator: torch.Generator | None) -> int:
 
 def posterior_step(schedule: Schedule, z_t: torch.Tensor, x_hat: torch.Tensor, t: torch.Tensor,
                    s: torch.Tensor, eta: float = 1.0, generator: torch.Generator | None = None,
-                   backend: str | None = None) -> torch.Tensor:
-    """One posterior / DDIM(eta) step ``z_t -> z_s`` for per-sample times ``t, s`` of shape (B,)."""
-    A, C, gamma = posterior_coefficients(schedule, t, s, eta)
+                   backend: str | None = None, coefficients=None) -> torch.Tensor:
+    """One posterior / DDIM(eta) step ``z_t -> z_s`` for per-sample times ``t, s`` of shape (B,).
+
+    ``coefficients``: ``(A, C, gamma)`` already computed by :func:`posterior_coefficients` for these
+    ``t, s, eta`` (broadcastable to (B,)); a rollout computes all K steps' at once instead of per step."""
+    A, C, gamma = _coefficients(schedule, t, s, eta, coefficients, z_t.shape[0])
     dev = z_t.device
     return ops.posterior_step(z_t, x_hat, A.to(dev), C.to(dev), gamma.to(dev), draw_seed(generator), 0,
                               backend=backend)
@@ -98,12 +107,13 @@ def posterior_step(schedule: Schedule, z_t: torch.Tensor, x_hat: torch.Tensor, t
 
 def denoise_step(schedule: Schedule, z_t: torch.Tensor, net_out: torch.Tensor, a: torch.Tensor, c: torch.Tensor,
                  t: torch.Tensor, s: torch.Tensor, eta: float = 1.0, generator: torch.Generator | None = None,
-                 backend: str | None = None, want_x0: bool = False):
+                 backend: str | None = None, want_x0: bool = False, coefficients=None):
     """:func:`posterior_step` from the raw network output ``F`` with ``x̂ = a z_t + c F`` (per-sample (B,)
     a, c, e.g. from ``Denoiser.affine_output``), in one fused pass. Draws one seed from ``generator``,
     as :func:`posterior_step` does, except for steps into s = 0, which draw none (the unfused rollout
-    returns x̂ there). Returns z_s, or ``(z_s, x̂)`` with ``want_x0``."""
-    A, C, gamma = posterior_coefficients(schedule, t, s, eta)
+    returns x̂ there). Returns z_s, or ``(z_s, x̂)`` with ``want_x0``. ``coefficients``: as in
+    :func:`posterior_step`."""
+    A, C, gamma = _coefficients(schedule, t, s, eta, coefficients, z_t.shape[0])
     dev = z_t.device
     final = bool((torch.as_tensor(s) <= 0).all())
     seed = 0 if final else draw_seed(generator)
@@ -162,22 +172,27 @@ def rollout(denoiser: Denoiser, z: torch.Tensor, grid: torch.Tensor, cond: Cond 
     fused = fused and can_fuse(denoiser)
     B, x_hat, calls = z.shape[0], None, 0
     steps = K - stop_index
+    # Every step's (A, C, gamma) in one float64 call (they depend on the grid only), not K calls.
+    coefs = ([c.to(z.device) for c in posterior_coefficients(denoiser.schedule, grid[:steps], grid[1:steps + 1],
+                                                              eta)] if steps else [])
     for j in range(steps):
         t = grid[j].expand(B).to(z.device)
         s = grid[j + 1].expand(B).to(z.device)
+        coef_j = tuple(c[j] for c in coefs)
         calls += 1
         if fused:
             net_out, a, c = denoiser.affine_output(z, t, cond, guidance_scale=guidance_scale)
             # x̂ is written only where it is returned: the last step (into s = 0 it *is* z_s).
             want_x0 = j == steps - 1 and float(grid[j + 1]) > 0.0
-            res = denoise_step(denoiser.schedule, z, net_out, a, c, t, s, eta, generator, backend, want_x0=want_x0)
+            res = denoise_step(denoiser.schedule, z, net_out, a, c, t, s, eta, generator, backend, want_x0=want_x0,
+                               coefficients=coef_j)
             z, x_hat = res if want_x0 else (res, res if float(grid[j + 1]) <= 0.0 else None)
         else:
             x_hat = denoiser(z, t, cond, guidance_scale=guidance_scale)
             if float(grid[j + 1]) <= 0.0:
                 z = x_hat
             else:
-                z = posterior_step(denoiser.schedule, z, x_hat, t, s, eta, generator, backend)
+                z = posterior_step(denoiser.schedule, z, x_hat, t, s, eta, generator, backend, coefficients=coef_j)
         if trajectory is not None:
             trajectory.append(z)
     return z, x_hat, calls

@@ -28,6 +28,7 @@
 #include <ATen/ops/zeros.h>
 
 #include <algorithm>
+#include <cmath>
 #include <array>
 #include <utility>
 #include <vector>
@@ -264,7 +265,7 @@ T crps_block_m2(const CrpsArgs<scalar_t, T>& a, int64_t b, int64_t e0, int64_t n
   for (int64_t k = 0; k < n; ++k) {
     const T x1 = static_cast<T>(x1p[k]), x2 = static_cast<T>(x2p[k]);
     const T d1 = x1 - y[k], d2 = x2 - y[k], d12 = x1 - x2;
-    const T val = half * ((d1 < 0 ? -d1 : d1) + (d2 < 0 ? -d2 : d2)) - half * (d12 < 0 ? -d12 : d12);
+    const T val = half * (std::abs(d1) + std::abs(d2)) - half * std::abs(d12);
     total += val * wn[k];
     if (a.grad != nullptr) {
       a.grad[e0 + k] = static_cast<scalar_t>((half * sign_of(d1) - half * sign_of(d12)) * wn[k]);

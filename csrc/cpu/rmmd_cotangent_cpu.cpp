@@ -21,6 +21,7 @@
 #include <ATen/ops/zeros.h>
 
 #include <algorithm>
+#include <cmath>
 #include <array>
 #include <vector>
 
@@ -39,7 +40,7 @@ TaskSums<1> abs_partials(const Layout& L, const scalar_t* x0, const scalar_t* m_
 #pragma omp simd reduction(+ : acc)
     for (int64_t i = i0; i < i1; ++i) {
       const opmath_t v = static_cast<opmath_t>(x0[i]) - static_cast<opmath_t>(m_ref[i]);
-      acc += v < 0 ? -v : v;
+      acc += std::abs(v);
     }
     return std::array<opmath_t, 1>{acc};
   });

@@ -49,6 +49,8 @@ _triton_interpreter: bool = False
 # Build-level reasons per (backend, op), computed once by refresh() so that traced code (torch.compile)
 # only reads plain Python data instead of querying the dispatcher.
 _static_reasons: dict[tuple[str, str], tuple[str, ...]] = {}
+# (op, requested backend, tensor devices) -> backend name: resolve_backend's memo, cleared by refresh().
+_resolved: dict[tuple, str] = {}
 
 
 def _has_kernel(op: str, dispatch_key: str) -> bool:
@@ -89,6 +91,7 @@ def refresh(extension_error: ImportError | None = None, triton_error: ImportErro
         triton_interpreter: whether the Triton kernels were defined under ``TRITON_INTERPRET=1``.
     """
     global _extension_error, _triton_error, _triton_interpreter
+    _resolved.clear()
     _extension_error = extension_error
     _triton_error = triton_error
     _triton_interpreter = triton_interpreter
@@ -194,8 +197,25 @@ def resolve_backend(op: str, *tensors: torch.Tensor, backend: str | None = None)
         ValueError: unknown op or backend name.
         RuntimeError: an explicitly requested backend cannot run; the message lists why.
     """
-    _check_op(op)
     choice, source = _requested_backend(backend)
+    # Memo of successful resolutions: the answer depends only on the op, the request and the tensors'
+    # devices (build-level facts change only in refresh(), which clears it). A step resolves ~10 times,
+    # and the full rule costs ~20 us each: visible next to a small network. Not used while tracing, so
+    # torch.compile only ever reads plain data here.
+    key = (op, choice, tuple(t.device for t in tensors))
+    compiling = torch.compiler.is_compiling()
+    if not compiling:
+        hit = _resolved.get(key)
+        if hit is not None:
+            return hit
+    name = _resolve(op, choice, source, tensors, backend)
+    if not compiling:
+        _resolved[key] = name
+    return name
+
+
+def _resolve(op: str, choice: str, source: str, tensors, backend) -> str:
+    _check_op(op)
     if choice == "auto":
         for name in _auto_order(tensors):
             if not get_backend(op, name).not_supported_reasons(tensors):
