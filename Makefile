@@ -25,8 +25,11 @@ pareto: setup
 test: setup
 	$(PY) -m pytest -q -p no:cacheprovider tests
 
+# every fused op (JSON + PNG under benchmarks/results/), then the CRPS ops and the reward / EMA ops
 bench: setup
-	$(PY) benchmarks/bench_posterior_step.py
+	$(PY) benchmarks/bench_ops.py
+	$(PY) benchmarks/bench_crps.py
+	$(PY) benchmarks/bench_rewards_ema.py
 
 bench-memory: setup
 	$(PY) benchmarks/bench_memory.py
