@@ -28,7 +28,7 @@ def interpreter_mode() -> bool:
     """Whether the kernels were decorated in interpreter mode (run on CPU tensors, not on GPUs)."""
     from triton.runtime.interpreter import InterpretedFunction
 
-    return isinstance(posterior_step._posterior_step_kernel, InterpretedFunction)
+    return isinstance(posterior_step._denoise_step_kernel, InterpretedFunction)
 
 
 TRITON_VERSION = triton.__version__

@@ -8,6 +8,8 @@ with i the flat row-major logical index, so the noise is exactly the stream of
 ``ops/reference.py::philox_randn_ref`` and of ``csrc/common/philox.h`` (integers bit-exact, log / cos to a
 few float32 ULP). Backward (registered in ``ops/_library.py``): ``dz_s/dz_t = A[b]``, ``dz_s/dx_hat = C[b]``.
 
+The kernel is ``denoise_step.py``'s with P = A, Q = C and no x̂ output (one body for K1, K2 and K3).
+
 Numerics: loads are upcast to the coefficients' dtype right away (float32, or float64 for float64 data;
 the interpreter cannot do bf16 arithmetic and GPUs gain nothing from it), the noise is float32, and the
 result is rounded once, to nearest even, at the store. Non-contiguous inputs are copied once by ``.contiguous()`` in the
@@ -17,41 +19,20 @@ launcher (the kernel indexes flat memory); the output is always contiguous.
 from __future__ import annotations
 
 import torch
-import triton
-import triton.language as tl
 from torch.library import triton_op, wrap_triton
 
-from ._common import BLOCK, bf16_by_bits, cast_for_store, launchable, num_programs, per_sample
+from ._common import BLOCK, bf16_by_bits, launchable, num_programs, per_sample
+from .denoise_step import _denoise_step_kernel
 
 
-@triton.jit
-def _posterior_step_kernel(
-    out_ptr,  # (numel,) z_s, data dtype
-    z_ptr,  # (numel,) z_t
-    x_ptr,  # (numel,) x_hat
-    a_ptr,  # (B,) A in opmath (fp32, or fp64 for fp64 data)
-    c_ptr,  # (B,) C
-    g_ptr,  # (B,) gamma
-    numel,  # B * D
-    per_sample_numel,  # D
-    seed,  # Philox key, int64 in [0, 2^63)
-    offset,  # Philox counter of element 0, int64
-    BLOCK_SIZE: tl.constexpr,
-    BF16_BITS: tl.constexpr,  # round bf16 stores in integer arithmetic (interpreter; see _common.py)
-):
-    pid = tl.program_id(0).to(tl.int64)
-    idx = pid * BLOCK_SIZE + tl.arange(0, BLOCK_SIZE).to(tl.int64)
-    mask = idx < numel
-    b = idx // per_sample_numel
-    a = tl.load(a_ptr + b, mask=mask, other=0.0)
-    c = tl.load(c_ptr + b, mask=mask, other=0.0)
-    g = tl.load(g_ptr + b, mask=mask, other=0.0)
-    z = tl.load(z_ptr + idx, mask=mask, other=0.0).to(a.dtype)
-    x = tl.load(x_ptr + idx, mask=mask, other=0.0).to(a.dtype)
-    # int64 counter: randint4x then puts its high word into c1, as philox.h and the reference do.
-    noise = tl.randn(seed, offset + idx).to(a.dtype)
-    value = a * z + c * x + g * noise  # same association as the reference: (A z + C x) + gamma n
-    tl.store(out_ptr + idx, cast_for_store(value, out_ptr, BF16_BITS), mask=mask)
+def _launch_step(out, z, x, A, C, gamma, seed, offset) -> None:
+    """``out = A z + C x + gamma n`` with the K1 kernel of ``denoise_step.py`` (P = A, Q = C, no x̂ output):
+    one kernel body serves the posterior step, re-noise and denoise + step, so their streams and rounding
+    agree by construction."""
+    numel = z.numel()
+    wrap_triton(_denoise_step_kernel)[(num_programs(numel),)](
+        out, out, z, x, A, C, gamma, A, C, numel, numel // z.shape[0], seed, offset, BLOCK_SIZE=BLOCK,
+        WANT_X0=False, BF16_BITS=bf16_by_bits(z.dtype, z.device))
 
 
 @triton_op("rmmd_core::posterior_step_triton", mutates_args=())
@@ -65,9 +46,7 @@ def posterior_step_triton(z_t: torch.Tensor, x_hat: torch.Tensor, A: torch.Tenso
     if numel == 0 or not launchable(out):
         return out
     a, c, g = (per_sample(t, z.dtype) for t in (A, C, gamma))
-    wrap_triton(_posterior_step_kernel)[(num_programs(numel),)](
-        out, z, x, a, c, g, numel, numel // z.shape[0], seed, offset, BLOCK_SIZE=BLOCK,
-        BF16_BITS=bf16_by_bits(z.dtype, z.device))
+    _launch_step(out, z, x, a, c, g, seed, offset)
     return out
 
 
@@ -85,7 +64,5 @@ def renoise_triton(x: torch.Tensor, alpha: torch.Tensor, sigma: torch.Tensor, se
     if numel == 0 or not launchable(out):
         return out
     a, g = per_sample(alpha, xc.dtype), per_sample(sigma, xc.dtype)
-    wrap_triton(_posterior_step_kernel)[(num_programs(numel),)](
-        out, xc, xc, a, torch.zeros_like(a), g, numel, numel // xc.shape[0], seed, offset, BLOCK_SIZE=BLOCK,
-        BF16_BITS=bf16_by_bits(xc.dtype, xc.device))
+    _launch_step(out, xc, xc, a, torch.zeros_like(a), g, seed, offset)
     return out
