@@ -111,6 +111,9 @@ def _extensions():
     # forcing C++17 warns on c10 headers today and would break on the next one). The torch-free sources
     # (csrc/common, csrc/cuda) stay C++17-clean; tests/test_nvcc_compile.py checks that.
     cxx_flags = ["-O0", "-g"] if debug else ["-O3"]
+    # No FMA contraction: the CPU kernels' hot loops are compiled per ISA (csrc/cpu/isa_clones.h), and
+    # contracting a * b + c only in the AVX2 / AVX-512 clones would make results depend on the CPU.
+    cxx_flags.append("-ffp-contract=off")
     link_flags = []
     if torch._C.has_openmp and sys.platform.startswith("linux"):
         # With torch's OpenMP backend, at::parallel_for is a header-inline `#pragma omp parallel`: without

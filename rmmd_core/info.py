@@ -4,7 +4,8 @@ Prints (house style "Dispatch"; the idea of ``python -m xformers.info``):
 
 * Python, torch and Triton versions; whether Triton runs compiled or in the interpreter;
 * the C++ extension: loaded or why not, CPU / CUDA kernels, OpenMP and ATen threads, and whether the CPU
-  noise path uses AVX2 + FMA on this machine (``rmmd_core::build_info``);
+  noise path uses AVX2 + FMA on this machine, which ISA clone the element loops run and whether large
+  outputs get huge pages (``rmmd_core::build_info``);
 * for every op the dispatcher knows (``rmmd_core.ops.dispatch._OPS``): each backend's availability on CPU
   tensors or the reasons it cannot run (``backend_reasons``), and what ``auto`` picks;
 * a one-line self-test per (op, fused backend): the backend against ``ops/reference.py`` on a small random
@@ -201,6 +202,8 @@ def format_report(facts: dict) -> str:
         lines.append(f"  rmmd_core._C: {facts['extension_file']}")
         lines.append(f"    {ext.get('build', '?')} build ({ext.get('compiler', '?')}), OpenMP {ext.get('openmp', '?')}, "
                      f"ATen threads {ext.get('aten_threads', '?')}; CPU noise path: {noise}")
+        lines.append(f"    element loops: {ext.get('isa_clone_used', '?')} clone; huge-page outputs: "
+                     f"{'on' if ext.get('thp_outputs') == '1' else 'off (RMMD_CORE_THP=0 or not Linux)'}")
     lines.append("")
     lines.append("backends per op (on CPU tensors; 'auto' never picks the Triton interpreter):")
     failures = 0

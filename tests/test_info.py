@@ -32,7 +32,9 @@ def test_build_info_reports_the_cpu_noise_path(monkeypatch):
     facts = info.collect(run_self_test=False)
     ext = facts["extension"]
     assert isinstance(ext, dict), ext
-    assert {"openmp", "aten_threads", "avx2_path_compiled", "cpu_avx2_fma", "avx2_noise_used"} <= set(ext)
+    assert {"openmp", "aten_threads", "avx2_path_compiled", "cpu_avx2_fma", "avx2_noise_used", "isa_clones",
+            "isa_clone_used", "thp_outputs"} <= set(ext)
+    assert ext["isa_clone_used"] in ("x86-64-v4", "x86-64-v3", "default", "none")
     monkeypatch.setenv("RMMD_CORE_CPU_SIMD", "0")
     assert info.collect(run_self_test=False)["extension"]["avx2_noise_used"] == "0"
 

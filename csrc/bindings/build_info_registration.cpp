@@ -8,6 +8,8 @@
 #include <sstream>
 #include <string>
 
+#include "../cpu/fresh_output.h"
+#include "../cpu/isa_clones.h"
 #include "../cpu/randn_simd.h"
 
 namespace rmmd {
@@ -33,6 +35,17 @@ std::string build_info() {
   out << " aten_threads=" << at::get_num_threads();
   out << " avx2_path_compiled=" << avx2_path << " cpu_avx2_fma=" << cpu_avx2
       << " avx2_noise_used=" << (avx2_path && cpu_avx2 && !simd_disabled);
+  // Which clone of the RMMD_ISA_CLONES loops the load-time resolver picks here (isa_clones.h).
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__)) && !defined(RMMD_NO_ISA_CLONES)
+  __builtin_cpu_init();
+  const char* level = __builtin_cpu_supports("x86-64-v4")   ? "x86-64-v4"
+                      : __builtin_cpu_supports("x86-64-v3") ? "x86-64-v3"
+                                                            : "default";
+  out << " isa_clones=1 isa_clone_used=" << level;
+#else
+  out << " isa_clones=0 isa_clone_used=none";
+#endif
+  out << " thp_outputs=" << thp_outputs_enabled();
 #if defined(__clang__)
   out << " compiler=clang-" << __clang_major__ << "." << __clang_minor__;
 #elif defined(__GNUC__)

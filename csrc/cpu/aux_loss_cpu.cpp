@@ -17,27 +17,42 @@
 
 #include <array>
 
+#include "fresh_output.h"
+#include "isa_clones.h"
+#include "opmath_io.h"
 #include "sample_chunks.h"
 
 namespace rmmd {
 namespace {
 
-// The element loop lives outside AT_DISPATCH: a `#pragma` cannot appear inside a macro argument.
+// One block of n elements: writes the gradient, returns sum (o - x0)^2 + (o - m_ref)^2. A free function
+// with restrict pointers and by-value scalars so GCC vectorises it (inline in a by-reference lambda it
+// reloaded the captures every element and stayed scalar). Outside AT_DISPATCH because a `#pragma` cannot
+// appear inside a macro argument.
+template <typename scalar_t, typename opmath_t>
+RMMD_ISA_CLONES opmath_t aux_loss_block(const scalar_t* __restrict__ o, const scalar_t* __restrict__ x0,
+                               const scalar_t* __restrict__ m_ref, scalar_t* __restrict__ g, int64_t n,
+                               opmath_t coef) {
+  using Io = OpIo<scalar_t>;
+  opmath_t acc = 0;
+#pragma omp simd reduction(+ : acc)
+  for (int64_t i = 0; i < n; ++i) {
+    const opmath_t ov = Io::load(o, i);
+    const opmath_t e_x = ov - Io::load(x0, i);
+    const opmath_t e_m = ov - Io::load(m_ref, i);
+    acc += e_x * e_x + e_m * e_m;
+    Io::store(g, i, coef * (e_x + e_m));
+  }
+  return acc;
+}
+
 template <typename scalar_t, typename opmath_t>
 TaskSums<1> aux_loss_tasks(const SampleChunks& L, const scalar_t* o_ptr, const scalar_t* x_ptr, const scalar_t* m_ptr,
                            const opmath_t* w_ptr, double two_over_bd, scalar_t* g_ptr) {
-  return chunked_sums<1>(L, [&](int64_t t, int64_t i0, int64_t i1) {
+  return chunked_sums<1>(L, [=, &L](int64_t t, int64_t i0, int64_t i1) {
     const opmath_t coef = static_cast<opmath_t>(two_over_bd) * w_ptr[L.sample(t)];
-    opmath_t acc = 0;
-#pragma omp simd reduction(+ : acc)
-    for (int64_t i = i0; i < i1; ++i) {
-      const opmath_t ov = static_cast<opmath_t>(o_ptr[i]);
-      const opmath_t e_x = ov - static_cast<opmath_t>(x_ptr[i]);
-      const opmath_t e_m = ov - static_cast<opmath_t>(m_ptr[i]);
-      acc += e_x * e_x + e_m * e_m;
-      g_ptr[i] = static_cast<scalar_t>(coef * (e_x + e_m));
-    }
-    return std::array<opmath_t, 1>{acc};
+    return std::array<opmath_t, 1>{
+        aux_loss_block<scalar_t, opmath_t>(o_ptr + i0, x_ptr + i0, m_ptr + i0, g_ptr + i0, i1 - i0, coef)};
   });
 }
 
@@ -52,7 +67,7 @@ std::tuple<at::Tensor, at::Tensor> aux_loss_cpu_kernel(const at::Tensor& o_in, c
   const int64_t batch = o.size(0);
   const int64_t D = batch > 0 ? o.numel() / batch : 0;
   const at::ScalarType opmath_dtype = o.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-  at::Tensor grad = at::empty(o.sizes(), o.options().memory_format(at::MemoryFormat::Contiguous));
+  at::Tensor grad = empty_output_like(o);
   at::Tensor loss = at::zeros({batch}, o.options().dtype(opmath_dtype));
   if (batch == 0 || D == 0) {
     return {loss, grad};

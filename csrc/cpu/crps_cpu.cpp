@@ -33,6 +33,8 @@
 #include <utility>
 #include <vector>
 
+#include "fresh_output.h"
+#include "isa_clones.h"
 #include "sample_chunks.h"
 
 namespace rmmd {
@@ -49,14 +51,8 @@ struct Scratch {
   explicit Scratch(int64_t M) : x(M * kBlock, T(0)), coef(M * kBlock, T(0)) {}
 };
 
-// The hot loops are compiled for AVX-512, AVX2 and the baseline ISA and picked at load time
-// (target_clones): the extension is built without -march flags, and plain SSE2 halves or quarters the
-// width of every compare below.
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
-#define RMMD_ISA_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
-#else
-#define RMMD_ISA_CLONES
-#endif
+// The hot loops are compiled per ISA (isa_clones.h): plain SSE2 halves or quarters the width of every
+// compare below.
 
 template <typename T>
 inline T sign_of(T v) {
@@ -346,7 +342,7 @@ std::tuple<at::Tensor, at::Tensor> crps_fair_cpu_kernel(const at::Tensor& ens_in
   const int64_t N = target.numel();
   const int64_t D = B > 0 ? N / B : 0;
   const at::ScalarType opmath = ens.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-  at::Tensor grad = with_grad ? at::empty(ens.sizes(), ens.options().memory_format(at::MemoryFormat::Contiguous))
+  at::Tensor grad = with_grad ? empty_output_like(ens)
                               : at::empty({0}, ens.options());
   at::Tensor crps = at::zeros({B}, ens.options().dtype(opmath));
   if (N == 0) {

@@ -17,6 +17,8 @@
 #include <cmath>
 #include <vector>
 
+#include "isa_clones.h"
+#include "opmath_io.h"
 #include "sample_chunks.h"  // kChunk
 
 namespace rmmd {
@@ -27,22 +29,22 @@ struct Chunk {
 };
 
 template <typename ema_t, typename param_t>
-void ema_chunk(ema_t* e, const param_t* p, int64_t begin, int64_t end, double beta) {
+RMMD_ISA_CLONES void ema_chunk(ema_t* __restrict__ e, const param_t* __restrict__ p, int64_t begin, int64_t end, double beta) {
   using opmath_t = at::opmath_type<ema_t>;
   const opmath_t w = static_cast<opmath_t>(1.0 - beta);
   if (std::abs(w) < opmath_t(0.5)) {
 #pragma omp simd
     for (int64_t i = begin; i < end; ++i) {
-      const opmath_t ev = static_cast<opmath_t>(e[i]);
-      e[i] = static_cast<ema_t>(ev + w * (static_cast<opmath_t>(p[i]) - ev));
+      const opmath_t ev = OpIo<ema_t>::load(e, i);
+      OpIo<ema_t>::store(e, i, ev + w * (static_cast<opmath_t>(OpIo<param_t>::load(p, i)) - ev));
     }
   } else {
     const opmath_t one_minus_w = opmath_t(1) - w;
 #pragma omp simd
     for (int64_t i = begin; i < end; ++i) {
-      const opmath_t ev = static_cast<opmath_t>(e[i]);
-      const opmath_t pv = static_cast<opmath_t>(p[i]);
-      e[i] = static_cast<ema_t>(pv - (pv - ev) * one_minus_w);
+      const opmath_t ev = OpIo<ema_t>::load(e, i);
+      const opmath_t pv = static_cast<opmath_t>(OpIo<param_t>::load(p, i));
+      OpIo<ema_t>::store(e, i, pv - (pv - ev) * one_minus_w);
     }
   }
 }

@@ -21,12 +21,39 @@
 #include <algorithm>
 #include <vector>
 
+#include "fresh_output.h"
+#include "isa_clones.h"
+#include "opmath_io.h"
 #include "sample_chunks.h"
 
 namespace rmmd {
 namespace {
 
 constexpr double kLuma[3] = {0.299, 0.587, 0.114};  // ITU-R BT.601, as LUMA in reward_reference.py
+
+// One block of n pixels of one sample: writes the three gradient planes, returns sum_c (x_c - gray)^2.
+// A free function with restrict pointers and by-value scalars so that GCC vectorises it (the same loop
+// inline in a by-reference lambda reloads the captured weights every pixel and stays scalar).
+template <typename scalar_t, typename opmath_t>
+RMMD_ISA_CLONES opmath_t grayscale_block(const scalar_t* __restrict__ xr, const scalar_t* __restrict__ xg,
+                                const scalar_t* __restrict__ xb, scalar_t* __restrict__ gr,
+                                scalar_t* __restrict__ gg, scalar_t* __restrict__ gb, int64_t n, opmath_t w0,
+                                opmath_t w1, opmath_t w2, opmath_t coef) {
+  using Io = OpIo<scalar_t>;
+  opmath_t acc = 0;
+#pragma omp simd reduction(+ : acc)
+  for (int64_t p = 0; p < n; ++p) {
+    const opmath_t a = Io::load(xr, p), c = Io::load(xg, p), e = Io::load(xb, p);
+    const opmath_t gray = a * w0 + c * w1 + e * w2;
+    const opmath_t d0 = a - gray, d1 = c - gray, d2 = e - gray;
+    const opmath_t s = d0 + d1 + d2;
+    acc += d0 * d0 + d1 * d1 + d2 * d2;
+    Io::store(gr, p, coef * (d0 - w0 * s));
+    Io::store(gg, p, coef * (d1 - w1 * s));
+    Io::store(gb, p, coef * (d2 - w2 * s));
+  }
+  return acc;
+}
 
 template <typename scalar_t, typename opmath_t>
 void grayscale_tasks(const SampleChunks& L, int64_t hw, const scalar_t* x, scalar_t* g, opmath_t coef,
@@ -42,28 +69,12 @@ void grayscale_tasks(const SampleChunks& L, int64_t hw, const scalar_t* x, scala
       const int64_t sample_base = b * 3 * hw;
       const int64_t p_begin = L.begin(t) - b * hw, p_end = L.end(t) - b * hw;  // pixel range in the sample
       const scalar_t* xr = x + sample_base;
-      const scalar_t* xg = xr + hw;
-      const scalar_t* xb = xg + hw;
       scalar_t* gr = g + sample_base;
-      scalar_t* gg = gr + hw;
-      scalar_t* gb = gg + hw;
       double total = 0.0;
       for (int64_t i0 = p_begin; i0 < p_end; i0 += kInner) {
-        const int64_t i1 = std::min(p_end, i0 + kInner);
-        opmath_t acc = 0;
-#pragma omp simd reduction(+ : acc)
-        for (int64_t p = i0; p < i1; ++p) {
-          const opmath_t a = static_cast<opmath_t>(xr[p]), c = static_cast<opmath_t>(xg[p]),
-                         e = static_cast<opmath_t>(xb[p]);
-          const opmath_t gray = a * w0 + c * w1 + e * w2;
-          const opmath_t d0 = a - gray, d1 = c - gray, d2 = e - gray;
-          const opmath_t s = d0 + d1 + d2;
-          acc += d0 * d0 + d1 * d1 + d2 * d2;
-          gr[p] = static_cast<scalar_t>(coef * (d0 - w0 * s));
-          gg[p] = static_cast<scalar_t>(coef * (d1 - w1 * s));
-          gb[p] = static_cast<scalar_t>(coef * (d2 - w2 * s));
-        }
-        total += static_cast<double>(acc);
+        const int64_t n = std::min(p_end, i0 + kInner) - i0;
+        total += static_cast<double>(grayscale_block<scalar_t, opmath_t>(
+            xr + i0, xr + hw + i0, xr + 2 * hw + i0, gr + i0, gr + hw + i0, gr + 2 * hw + i0, n, w0, w1, w2, coef));
       }
       partial[t] = total;
     }
@@ -73,8 +84,9 @@ void grayscale_tasks(const SampleChunks& L, int64_t hw, const scalar_t* x, scala
 // out[j] = mid[j] - P(mid)[j] on one row, with `up` / `down` the (clamped) neighbouring rows:
 // P = ((up + down) + left) + right) / 4 in the reference's order; left / right clamp at the row ends.
 template <typename in_t, typename opmath_t>
-inline void residual_row(const in_t* up, const in_t* mid, const in_t* down, int64_t width, opmath_t* out) {
-  auto at = [](const in_t* row, int64_t j) { return static_cast<opmath_t>(row[j]); };
+RMMD_ISA_CLONES void residual_row(const in_t* __restrict__ up, const in_t* __restrict__ mid, const in_t* __restrict__ down,
+                         int64_t width, opmath_t* __restrict__ out) {
+  auto at = [](const in_t* row, int64_t j) { return static_cast<opmath_t>(OpIo<in_t>::load(row, j)); };
   const opmath_t quarter = static_cast<opmath_t>(0.25);
   const int64_t last = width - 1;
   out[0] = at(mid, 0) - quarter * (((at(up, 0) + at(down, 0)) + at(mid, 0)) + at(mid, std::min<int64_t>(1, last)));
@@ -84,6 +96,20 @@ inline void residual_row(const in_t* up, const in_t* mid, const in_t* down, int6
     out[j] = at(mid, j) - quarter * (((at(up, j) + at(down, j)) + at(mid, j - 1)) + at(mid, j + 1));
   }
   out[last] = at(mid, last) - quarter * (((at(up, last) + at(down, last)) + at(mid, last - 1)) + at(mid, last));
+}
+
+// One block of a gradient row: g = coef * grad_row, returns sum r^2 of the residual row (free function
+// with restrict pointers so it vectorises; see grayscale_block).
+template <typename scalar_t, typename opmath_t>
+RMMD_ISA_CLONES opmath_t scaled_copy_sumsq(const opmath_t* __restrict__ r, const opmath_t* __restrict__ grad_row,
+                                  scalar_t* __restrict__ g, int64_t n, opmath_t coef) {
+  opmath_t acc = 0;
+#pragma omp simd reduction(+ : acc)
+  for (int64_t j = 0; j < n; ++j) {
+    acc += r[j] * r[j];
+    OpIo<scalar_t>::store(g, j, coef * grad_row[j]);
+  }
+  return acc;
 }
 
 template <typename scalar_t, typename opmath_t>
@@ -112,14 +138,9 @@ void laplacian_tasks(int64_t planes, int64_t height, int64_t width, int64_t rows
         residual_row<opmath_t, opmath_t>(rrow(i - 1), ri, rrow(i + 1), width, grad_row.data());
         scalar_t* gi = gp + i * width;
         for (int64_t j0 = 0; j0 < width; j0 += kInner) {
-          const int64_t j1 = std::min(width, j0 + kInner);
-          opmath_t acc = 0;
-#pragma omp simd reduction(+ : acc)
-          for (int64_t j = j0; j < j1; ++j) {
-            acc += ri[j] * ri[j];
-            gi[j] = static_cast<scalar_t>(coef * grad_row[j]);
-          }
-          total += static_cast<double>(acc);
+          const int64_t n = std::min(width, j0 + kInner) - j0;
+          total += static_cast<double>(
+              scaled_copy_sumsq<scalar_t, opmath_t>(ri + j0, grad_row.data() + j0, gi + j0, n, coef));
         }
       }
       partial[t] = total;
@@ -146,7 +167,7 @@ struct Outputs {
 Outputs make_outputs(const at::Tensor& x_in) {
   const at::Tensor x = x_in.contiguous();  // flat indexing: one copy for strided inputs
   const at::ScalarType opmath_dtype = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-  at::Tensor grad = at::empty(x.sizes(), x.options().memory_format(at::MemoryFormat::Contiguous));
+  at::Tensor grad = empty_output_like(x);
   at::Tensor value = at::zeros({x.size(0)}, x.options().dtype(opmath_dtype));
   return {x, value, grad, x.numel() == 0};
 }

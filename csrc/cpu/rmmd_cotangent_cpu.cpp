@@ -25,6 +25,9 @@
 #include <array>
 #include <vector>
 
+#include "fresh_output.h"
+#include "isa_clones.h"
+#include "opmath_io.h"
 #include "sample_chunks.h"
 
 namespace rmmd {
@@ -32,51 +35,71 @@ namespace {
 
 using Layout = SampleChunks;
 
-// Pass 1 of the DMD normaliser: sum_j |x0 - m_ref| per task.
+// The element loops are free functions over one block with restrict pointers and every scalar passed by
+// value: written inline in the chunked_sums lambda (pointers and scalars captured by reference), GCC could
+// not prove the stores to `out` leave them unchanged, reloaded them every element and left the loop
+// scalar (movss / mulss), 2.3 ns per element per core, several times the memory time.
+
+// Pass 1 of the DMD normaliser: sum_j |x0 - m_ref| over one block of n elements.
+template <typename scalar_t, typename opmath_t>
+RMMD_ISA_CLONES opmath_t abs_block(const scalar_t* __restrict__ x0, const scalar_t* __restrict__ m_ref, int64_t n) {
+  using Io = OpIo<scalar_t>;
+  opmath_t acc = 0;
+#pragma omp simd reduction(+ : acc)
+  for (int64_t i = 0; i < n; ++i) {
+    acc += std::abs(Io::load(x0, i) - Io::load(m_ref, i));
+  }
+  return acc;
+}
+
 template <typename scalar_t, typename opmath_t>
 TaskSums<1> abs_partials(const Layout& L, const scalar_t* x0, const scalar_t* m_ref) {
-  return chunked_sums<1>(L, [&](int64_t, int64_t i0, int64_t i1) {
-    opmath_t acc = 0;
-#pragma omp simd reduction(+ : acc)
-    for (int64_t i = i0; i < i1; ++i) {
-      const opmath_t v = static_cast<opmath_t>(x0[i]) - static_cast<opmath_t>(m_ref[i]);
-      acc += std::abs(v);
-    }
-    return std::array<opmath_t, 1>{acc};
+  return chunked_sums<1>(L, [x0, m_ref](int64_t, int64_t i0, int64_t i1) {
+    return std::array<opmath_t, 1>{abs_block<scalar_t, opmath_t>(x0 + i0, m_ref + i0, i1 - i0)};
   });
 }
 
-// Pass 2: g and the four per-task sums (x0 . d, sum d^2, sum g_R^2, sum e^2) with d = m_stu - m_ref,
-// e = x0 - a. HAS_R / HAS_A are compile-time so absent inputs cost nothing in the loop.
+// Pass 2 on one block: g and the four sums (x0 . w_eff d, sum d^2, sum g_R^2, sum e^2) with
+// d = m_stu - m_ref, e = x0 - a. HAS_R / HAS_A are compile-time so absent inputs cost nothing in the loop.
+template <typename scalar_t, typename opmath_t, bool HAS_R, bool HAS_A>
+RMMD_ISA_CLONES std::array<opmath_t, 4> assemble_block(const scalar_t* __restrict__ x0, const scalar_t* __restrict__ m_stu,
+                                              const scalar_t* __restrict__ m_ref, const scalar_t* __restrict__ g_r,
+                                              const scalar_t* __restrict__ anchor, scalar_t* __restrict__ out,
+                                              int64_t n, opmath_t we, opmath_t lam_s, opmath_t reg_s, opmath_t scale) {
+  using Io = OpIo<scalar_t>;
+  opmath_t s_xd = 0, s_dd = 0, s_rr = 0, s_ee = 0;
+#pragma omp simd reduction(+ : s_xd, s_dd, s_rr, s_ee)
+  for (int64_t i = 0; i < n; ++i) {
+    const opmath_t x = Io::load(x0, i);
+    const opmath_t d = Io::load(m_stu, i) - Io::load(m_ref, i);
+    const opmath_t g_mm = we * d;
+    // Same association as the reference: ((w d) scale - (scale lam) r) + (2 scale lam_reg) e.
+    opmath_t g = g_mm * scale;
+    s_xd += x * g_mm;
+    s_dd += d * d;
+    if constexpr (HAS_R) {
+      const opmath_t r = Io::load(g_r, i);
+      g -= lam_s * r;
+      s_rr += r * r;
+    }
+    if constexpr (HAS_A) {
+      const opmath_t e = x - Io::load(anchor, i);
+      g += reg_s * e;
+      s_ee += e * e;
+    }
+    Io::store(out, i, g);
+  }
+  return {s_xd, s_dd, s_rr, s_ee};
+}
+
 template <typename scalar_t, typename opmath_t, bool HAS_R, bool HAS_A>
 TaskSums<4> assemble(const Layout& L, const scalar_t* x0, const scalar_t* m_stu, const scalar_t* m_ref,
                      const scalar_t* g_r, const scalar_t* anchor, const opmath_t* w_eff, opmath_t lam_s,
                      opmath_t reg_s, opmath_t scale, scalar_t* out) {
-  return chunked_sums<4>(L, [&](int64_t t, int64_t i0, int64_t i1) {
-    const opmath_t we = w_eff[L.sample(t)];
-    opmath_t s_xd = 0, s_dd = 0, s_rr = 0, s_ee = 0;
-#pragma omp simd reduction(+ : s_xd, s_dd, s_rr, s_ee)
-    for (int64_t i = i0; i < i1; ++i) {
-      const opmath_t x = static_cast<opmath_t>(x0[i]);
-      const opmath_t d = static_cast<opmath_t>(m_stu[i]) - static_cast<opmath_t>(m_ref[i]);
-      const opmath_t g_mm = we * d;
-      // Same association as the reference: ((w d) scale - (scale lam) r) + (2 scale lam_reg) e.
-      opmath_t g = g_mm * scale;
-      s_xd += x * g_mm;
-      s_dd += d * d;
-      if constexpr (HAS_R) {
-        const opmath_t r = static_cast<opmath_t>(g_r[i]);
-        g -= lam_s * r;
-        s_rr += r * r;
-      }
-      if constexpr (HAS_A) {
-        const opmath_t e = x - static_cast<opmath_t>(anchor[i]);
-        g += reg_s * e;
-        s_ee += e * e;
-      }
-      out[i] = static_cast<scalar_t>(g);
-    }
-    return std::array<opmath_t, 4>{s_xd, s_dd, s_rr, s_ee};
+  return chunked_sums<4>(L, [=, &L](int64_t t, int64_t i0, int64_t i1) {
+    return assemble_block<scalar_t, opmath_t, HAS_R, HAS_A>(
+        x0 + i0, m_stu + i0, m_ref + i0, HAS_R ? g_r + i0 : nullptr, HAS_A ? anchor + i0 : nullptr, out + i0,
+        i1 - i0, w_eff[L.sample(t)], lam_s, reg_s, scale);
   });
 }
 
@@ -100,7 +123,7 @@ std::tuple<at::Tensor, at::Tensor> rmmd_cotangent_cpu_kernel(const at::Tensor& x
   const int64_t batch = x0.size(0);
   const int64_t numel = x0.numel();
   const int64_t D = batch > 0 ? numel / batch : 0;
-  at::Tensor out = at::empty(x0.sizes(), x0.options().memory_format(at::MemoryFormat::Contiguous));
+  at::Tensor out = empty_output_like(x0);
   const at::ScalarType stats_dtype = x0.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
   at::Tensor stats = at::zeros({batch, 6}, x0.options().dtype(stats_dtype));
   if (batch == 0) {
