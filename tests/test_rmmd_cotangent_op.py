@@ -114,6 +114,17 @@ def test_matches_reference(shape, dtype, config, backend):
     _check(_call(backend, args, dmd), args, dmd, f"{backend} {shape} {dtype} {config}")
 
 
+@needs_cpu_op
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("config", ["all_dmd", "mm_only"])
+def test_cpu_dmd_waves_match_reference(config, dtype):
+    """With the DMD normaliser the CPU kernel runs samples in cache-sized waves (4 MB of x0 + m_ref): here
+    waves of 2, 2, 1 samples (fp32, D = 200003) or 3, 2 (bf16, D = 300009); the result must not change."""
+    shape = (5, 200_003) if dtype == torch.float32 else (5, 3, 100_003)
+    args, dmd = _inputs(shape, dtype, config)
+    _check(_call("cpu", args, True), args, True, f"cpu waves {shape} {dtype} {config}")
+
+
 def _layouts():
     return {
         "transposed": lambda: torch.randn(6, 9, 10).transpose(1, 2),
