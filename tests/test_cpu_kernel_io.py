@@ -37,23 +37,49 @@ def _hard_floats(n: int, seed: int) -> torch.Tensor:
     return x
 
 
+def _hard_floats_fp16(n: int, seed: int) -> torch.Tensor:
+    """float32 values around fp16's edges: ties of the 13 dropped bits, subnormals, overflow to inf."""
+    g = torch.Generator().manual_seed(seed)
+    e = torch.randint(-26, 17, (n,), generator=g).double()
+    base = torch.rand(n, generator=g, dtype=torch.float64) + 1.0
+    x = (base * 2.0**e * torch.where(torch.rand(n, generator=g) < 0.5, -1.0, 1.0)).float()
+    bits = x.view(torch.int32).to(torch.int64)
+    ties = (bits[: n // 3] & ~0x1FFF) | 0x1000  # exactly halfway between two fp16 normals
+    edges = torch.tensor([65504.0, 65519.0, 65520.0, 65536.0, 6.1e-5, 5.96e-8, 2.98e-8, 3.0e-8, -65520.0])
+    return torch.cat([x, ties.to(torch.int32).view(torch.float32), edges])
+
+
 @needs_cpu
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
 @pytest.mark.parametrize("numel", [1, 7, 4099])
-def test_bf16_store_matches_torch_rounding_bit_for_bit(numel):
-    """ema_update with beta = 0 stores params exactly: e = p - (p - e) * 0 = p, rounded once to bf16."""
-    params = _hard_floats(8 * numel, seed=numel)
-    ema = torch.randn(params.shape, generator=torch.Generator().manual_seed(1)).bfloat16()
+def test_low_precision_store_matches_torch_rounding_bit_for_bit(numel, dtype):
+    """ema_update with beta = 0 stores params exactly: e = p - (p - e) * 0 = p, rounded once to the
+    EMA's dtype, which must give torch's own conversion bit for bit."""
+    params = _hard_floats(8 * numel, seed=numel) if dtype == torch.bfloat16 else _hard_floats_fp16(8 * numel, numel)
+    ema = torch.randn(params.shape, generator=torch.Generator().manual_seed(1)).to(dtype)
     ops.ema_update([ema], [params], beta=0.0, backend="cpu")
-    expected = params.to(torch.bfloat16)
+    expected = params.to(dtype)
     assert torch.equal(ema.view(torch.int16), expected.view(torch.int16))
 
 
 @needs_cpu
+def test_fp16_loads_are_exact():
+    """Every finite fp16 value loads exactly: aux_loss's grad with o = x, m_ref = 0 is 2 w / (B D) x."""
+    every = torch.arange(0, 2**16, dtype=torch.int32).to(torch.int16).view(torch.float16)
+    o = every[torch.isfinite(every)].reshape(1, -1)
+    zero = torch.zeros_like(o)
+    w = torch.full((1,), o.numel() / 2.0, dtype=torch.float64)  # 2 w / (B D) = 1: grad = o exactly
+    grad = ops.aux_loss(o, zero, zero, w, backend="cpu")[1]
+    assert torch.equal(grad.view(torch.int16), (2 * o.float()).half().view(torch.int16))
+
+
+@needs_cpu
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
 @pytest.mark.parametrize("op", ["rmmd_cotangent", "aux_loss"])
-def test_bf16_non_finite_values_propagate(op):
-    """inf stays inf with its sign; NaN stays NaN (stored as 0x7FC0), as the reference's bf16 rounding."""
+def test_low_precision_non_finite_values_propagate(op, dtype):
+    """inf stays inf with its sign; NaN stays NaN (stored as the quiet NaN 0x7FC0 / 0x7E00)."""
     g = torch.Generator().manual_seed(7)
-    x0, a, b = (torch.randn(3, 131, generator=g).bfloat16() for _ in range(3))
+    x0, a, b = (torch.randn(3, 131, generator=g).to(dtype) for _ in range(3))
     a[0, 5], a[1, 17], a[2, 100] = float("inf"), float("-inf"), float("nan")
     w = torch.rand(3, generator=g, dtype=torch.float64) + 0.5
     if op == "rmmd_cotangent":
@@ -64,7 +90,8 @@ def test_bf16_non_finite_values_propagate(op):
         ref = ops.aux_loss_ref(a, x0, b, w)[1]
     assert torch.equal(torch.isnan(got), torch.isnan(ref))
     assert torch.isnan(got).sum() == 1
-    assert (got.view(torch.int16)[torch.isnan(got)] == 0x7FC0).all()
+    quiet_nan = 0x7FC0 if dtype == torch.bfloat16 else 0x7E00
+    assert ((got.view(torch.int16)[torch.isnan(got)] & 0x7FFF) == quiet_nan).all()
     finite = ~torch.isnan(ref)
     assert torch.equal(got[finite], ref[finite])  # inf with the same sign; finite values bit-identical
 
