@@ -35,6 +35,7 @@
 
 #include "fresh_output.h"
 #include "isa_clones.h"
+#include "opmath_io.h"
 #include "sample_chunks.h"
 
 namespace rmmd {
@@ -234,7 +235,7 @@ T crps_block(const CrpsArgs<scalar_t, T>& a, Scratch<T>& s, int64_t b, int64_t e
   for (int64_t i = 0; i < M; ++i) {
     const scalar_t* src = a.ens + i * a.N + e0;
     T* dst = s.x.data() + i * kBlock;
-    for (int64_t k = 0; k < n; ++k) dst[k] = static_cast<T>(src[k]);
+    for (int64_t k = 0; k < n; ++k) dst[k] = static_cast<T>(OpIo<scalar_t>::load(src, k));
   }
   rank_coefs(s, M, n);
   const bool grad = a.grad != nullptr;
@@ -243,32 +244,46 @@ T crps_block(const CrpsArgs<scalar_t, T>& a, Scratch<T>& s, int64_t b, int64_t e
     for (int64_t i = 0; i < M; ++i) {
       const T* src = s.coef.data() + i * kBlock;
       scalar_t* dst = a.grad + i * a.N + e0;
-      for (int64_t k = 0; k < n; ++k) dst[k] = static_cast<scalar_t>(src[k]);
+      for (int64_t k = 0; k < n; ++k) OpIo<scalar_t>::store(dst, k, src[k]);
     }
   }
   return total;
 }
 
-// M = 2 closed form over elements [e0, e0 + n).
+// M = 2 closed form on one block: returns sum_k wn crps_k and, with GRAD, writes both members' gradients.
+// A restrict-pointer function per ISA (isa_clones.h) with branch-free loads / stores (opmath_io.h), so it
+// vectorises: with the gradient branch and c10's bf16 store inside, the loop ran scalar.
+template <bool GRAD, typename scalar_t, typename T>
+RMMD_ISA_CLONES T crps_m2_loop(const scalar_t* __restrict__ x1p, const scalar_t* __restrict__ x2p,
+                               const T* __restrict__ y, const T* __restrict__ wn, scalar_t* __restrict__ g1,
+                               scalar_t* __restrict__ g2, int64_t n) {
+  using Io = OpIo<scalar_t>;
+  const T half = T(0.5);
+  T total = 0;
+#pragma omp simd reduction(+ : total)
+  for (int64_t k = 0; k < n; ++k) {
+    const T x1 = static_cast<T>(Io::load(x1p, k)), x2 = static_cast<T>(Io::load(x2p, k));
+    const T d1 = x1 - y[k], d2 = x2 - y[k], d12 = x1 - x2;
+    const T val = half * (std::abs(d1) + std::abs(d2)) - half * std::abs(d12);
+    total += val * wn[k];
+    if constexpr (GRAD) {
+      Io::store(g1, k, (half * sign_of(d1) - half * sign_of(d12)) * wn[k]);
+      Io::store(g2, k, (half * sign_of(d2) - half * sign_of(-d12)) * wn[k]);
+    }
+  }
+  return total;
+}
+
 template <typename scalar_t, typename T>
 T crps_block_m2(const CrpsArgs<scalar_t, T>& a, int64_t b, int64_t e0, int64_t n) {
   T wn[kBlock], y[kBlock];
   load_weights(a, b, e0, n, wn, y);
   const scalar_t* x1p = a.ens + e0;
   const scalar_t* x2p = a.ens + a.N + e0;
-  const T half = T(0.5);
-  T total = 0;
-  for (int64_t k = 0; k < n; ++k) {
-    const T x1 = static_cast<T>(x1p[k]), x2 = static_cast<T>(x2p[k]);
-    const T d1 = x1 - y[k], d2 = x2 - y[k], d12 = x1 - x2;
-    const T val = half * (std::abs(d1) + std::abs(d2)) - half * std::abs(d12);
-    total += val * wn[k];
-    if (a.grad != nullptr) {
-      a.grad[e0 + k] = static_cast<scalar_t>((half * sign_of(d1) - half * sign_of(d12)) * wn[k]);
-      a.grad[a.N + e0 + k] = static_cast<scalar_t>((half * sign_of(d2) - half * sign_of(-d12)) * wn[k]);
-    }
+  if (a.grad == nullptr) {
+    return crps_m2_loop<false, scalar_t, T>(x1p, x2p, y, wn, nullptr, nullptr, n);
   }
-  return total;
+  return crps_m2_loop<true, scalar_t, T>(x1p, x2p, y, wn, a.grad + e0, a.grad + a.N + e0, n);
 }
 
 template <typename scalar_t, typename T>
