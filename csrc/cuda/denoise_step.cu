@@ -4,8 +4,10 @@
 // Forward:  z_s[i] = P[b] z_t[i] + Q[b] F[i] + gamma[b] n(seed, offset + i);  x0[i] = a[b] z_t[i] + c[b] F[i].
 // Backward: not a kernel; rmmd_core/ops/denoise_step.py applies the per-sample coefficients.
 //
-// Memory-bound except for the noise: per element 2 loads + 1 store (+1 with x0). Same numerics as
-// posterior_step.cu: float32 math (float64 for double data), float32 noise with accurate logf / cosf,
+// Also the kernel of posterior_step (P = A, Q = C, no x0; posterior_step.cu) and so of renoise.
+// Memory-bound except for the noise: per element 2 loads + 1 store (+1 with x0), plus 10 Philox rounds
+// and one logf / cosf when gamma[b] != 0. Numerics: float32 math (float64 for double data), float32
+// noise with the accurate logf / cosf (never build with --use_fast_math, see csrc/common/philox.h),
 // nvcc's default FMA contraction (so an ULP from the CPU kernel is possible). WANT_X0 is a template
 // argument so the common no-x0 path carries no extra branch or register.
 #include "denoise_step.cuh"
@@ -20,10 +22,14 @@
 namespace {
 
 constexpr int kThreads = 256;
-constexpr int kBlocksPerSm = 8;  // as posterior_step.cu: fills sm_80 / sm_90 thread slots; grid-stride beyond
+// 8 x 256 threads fill an SM's 2048 thread slots on sm_80 / sm_90; more blocks than that only add
+// scheduling, the grid-stride loop covers the rest.
+constexpr int kBlocksPerSm = 8;
 
 using rmmd::Io;
 
+// IndexT is uint32_t when every index (and index + grid stride) fits, which makes the per-element
+// i / D a 32-bit division; otherwise int64_t.
 template <typename T, typename IndexT, bool WantX0>
 __global__ void __launch_bounds__(kThreads)
     denoise_step_kernel(T* __restrict__ z_s, T* __restrict__ x0, const T* __restrict__ z_t,
