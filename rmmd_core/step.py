@@ -363,8 +363,9 @@ def losses(engine: RMMD, data: torch.Tensor | None = None, cond: Cond = None, *,
         scalars["cot_norm_reward"] = stats[:, 3].sum().sqrt()
     if a is not None:
         scalars["cot_norm_anchor"] = stats[:, 4].sum().sqrt()
-    values = dict(zip(scalars, torch.stack([v.detach().to(torch.float64).reshape(()) for v in scalars.values()])
-                      .tolist()))
+    # cat promotes the float32 scalars to float64 exactly (t_mean / s_mean are float64): one copy, one read
+    values = dict(zip(scalars, torch.cat([v.detach().reshape(1) for v in scalars.values()])
+                      .to(torch.float64).tolist()))
     metrics = {
         "phase": engine.phase,
         "state_source": source,
