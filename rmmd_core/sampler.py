@@ -70,9 +70,9 @@ def posterior_coefficients(schedule: Schedule, t: torch.Tensor, s: torch.Tensor,
         raise ValueError("posterior step needs s <= t for every sample")
     final = s <= 0
     s_safe = torch.where(final, t, s)
-    a_t, sg_t = schedule.alpha_sigma(t)
-    a_s, sg_s = schedule.alpha_sigma(s_safe)
-    var_ts = -(sg_t ** 2) * torch.expm1(schedule.log_snr(t) - schedule.log_snr(s_safe))
+    a_t, sg_t, lam_t = schedule.alpha_sigma_log_snr(t)
+    a_s, sg_s, lam_s = schedule.alpha_sigma_log_snr(s_safe)
+    var_ts = -(sg_t ** 2) * torch.expm1(lam_t - lam_s)
     var_ts = var_ts.clamp_min(0)
     gamma = eta * sg_s * var_ts.sqrt() / sg_t
     A = (sg_s ** 2 - gamma ** 2).clamp_min(0).sqrt() / sg_t
