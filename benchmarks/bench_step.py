@@ -351,7 +351,7 @@ def peer_rows(spec: Spec, device, with_floor=True) -> list:
     cfg = mtf.DMDConfig(pred_type="flow", student_sample_steps=1, num_train_timesteps=1000, student_update_freq=1,
                         ema=mtf.EMAConfig(decay=0.999, fsdp2=False))
     pipe = mtf.DMDPipeline(student, teacher, fake, cfg)
-    adam = dict(lr=1e-4, betas=(0.0, 0.99), eps=1e-12)  # the same optimiser as ours
+    adam = dict(lr=1e-4, betas=(0.0, 0.99), eps=1e-12, foreach=True)  # the same optimiser as ours
     s_opt, f_opt = torch.optim.Adam(student.parameters(), **adam), torch.optim.Adam(fake.parameters(), **adam)
     g = torch.Generator(device=device).manual_seed(0)
     kw = spec.cond(device) or {}
