@@ -218,6 +218,7 @@ class RMMD:
             e.copy_(c)
         return name
 
+
 def _is_dtensor(t: torch.Tensor) -> bool:
     try:
         from torch.distributed.tensor import DTensor
