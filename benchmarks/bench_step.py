@@ -17,12 +17,26 @@ every row alike), with medians:
 
 Columns: forward calls and calls recorded with grad per iteration (counted with forward hooks on the
 raw networks, for every row), median wall ms per iteration, overhead = row / its floor, ms per network
-call (ms / (forwards + grad calls), each backward counted as one call), the same median and overhead in
+call (ms / (forwards + grad calls), each backward counted as one call), forward-equivalents per
+iteration and ms per forward-equivalent (below), the same median and overhead in
 process CPU time (with one thread it is the work done, and far less sensitive than wall time to other
 processes on a shared machine; with more threads it sums them), and the peak memory of one
 iteration above the memory held before it (CPU: RSS high-water mark via /proc/self/clear_refs, in a
 subprocess run with a fixed glibc mmap threshold so freed tensors leave the RSS; CUDA:
 ``max_memory_allocated``). A K sweep (1, 2, 4, 8) of the small UNet shows the peak does not grow with K.
+
+Forward-equivalents: "ms / call" is unfair when two rows mix calls differently (ours: 4 forwards of
+which 2 with grad; the peer: 5 of which 2), because a call recorded for backward costs its forward
+plus a backward, about 2-3 forwards. So each configuration also gets two calibration rows, timed in
+the same interleaved rounds: ``net fwd`` (one no-grad forward of the student network on the inputs of
+its differentiable call in our step) and ``net fwd+bwd`` (the same call with grad, then ``mean()``
+backward). With ``c = ms(net fwd+bwd) / ms(net fwd)``, a row's iteration is worth
+``sum over its calls of (rows / rows_ref) * (c if the call had grad else 1)`` forward-equivalents
+(rows: the call's batch, rows_ref: the calibration call's; cost taken as linear in the batch, which
+only matters for calls with another batch, e.g. CFG's doubled one), and ``ms / fwd-eq`` divides the
+iteration's median by that: the cost of the whole step per unit of network work, comparable across
+call mixes. The calibration uses our student network for every row of the configuration (the peer's
+networks are copies of the same architecture, same batch).
 
     python benchmarks/bench_step.py [--threads 2] [--repeats 7] [--configs ...] [--no-peer] [--json out.json]
     python benchmarks/bench_step.py --smoke     # seconds: tiny configs, 1 repeat (run by the test suite)
@@ -149,6 +163,7 @@ class CallLog:
 
     def __init__(self, nets: dict):
         self.calls, self.handles, self.record = [], [], False
+        self.shapes = []  # (rows, grad) of every recorded call: the forward-equivalent weights
         self.fwd = {n: 0 for n in nets}
         self.grad = {n: 0 for n in nets}
         for name, net in nets.items():
@@ -159,6 +174,9 @@ class CallLog:
         self.fwd[name] += 1
         self.grad[name] += int(torch.is_grad_enabled())
         if self.record:
+            first = next((a for a in list(args) + list(kwargs.values()) if isinstance(a, torch.Tensor)), None)
+            self.shapes.append((int(first.shape[0]) if first is not None and first.dim() else 1,
+                                torch.is_grad_enabled()))
             detach = lambda v: v.detach() if isinstance(v, torch.Tensor) else v  # noqa: E731
             self.calls.append((mod, tuple(detach(a) for a in args), {k: detach(v) for k, v in kwargs.items()},
                                torch.is_grad_enabled()))
@@ -206,6 +224,7 @@ class Row:
     times: list = field(default_factory=list)
     cpu_times: list = field(default_factory=list)
     peak_mib: float = float("nan")
+    calls: list = field(default_factory=list)   # (rows, grad) per network call of one iteration
 
     @property
     def ms(self) -> float:
@@ -241,14 +260,61 @@ def ours_rows(spec: Spec, device, backends, num_steps=None, with_floor=True, che
         log.record = False
         assert sum(log.fwd.values()) == m["calls_total"] and sum(log.grad.values()) == m["calls_grad"], (log.fwd, m)
         row = Row(spec.name, "ours, ckpt student" if checkpoint else "ours", b, K, fn, sum(log.fwd.values()),
-                  sum(log.grad.values()))
+                  sum(log.grad.values()), calls=list(log.shapes))
         rows.append(row)
         if with_floor and b == backends[0]:
             floor = Floor(log.calls, [(eng.student.net, eng.student_optimizer),
                                            (eng.auxiliary.net, eng.aux_optimizer)])
-            rows.append(Row(spec.name, "floor", "-", K, floor, row.fwd, row.grad_calls))
+            rows.append(Row(spec.name, "floor", "-", K, floor, row.fwd, row.grad_calls, calls=list(log.shapes)))
+            rows += calibration_rows(spec.name, K, log.calls)
         log.remove()
     return rows
+
+
+class NetCall:
+    """One call of a private copy of a recorded network call: ``grad=False`` a no-grad forward,
+    ``grad=True`` a forward with grad and ``mean()`` backward (gradients dropped each time)."""
+
+    def __init__(self, mod, args, kwargs, grad: bool):
+        import copy
+        self.mod = copy.deepcopy(mod)
+        self.args, self.kwargs, self.grad = args, kwargs, grad
+
+    def __call__(self) -> None:
+        if not self.grad:
+            with torch.no_grad():
+                self.mod(*self.args, **self.kwargs)
+            return
+        self.mod.zero_grad(set_to_none=True)
+        _tensor_out(self.mod(*self.args, **self.kwargs)).float().mean().backward()
+
+
+def calibration_rows(config: str, K: int, calls: list) -> list:
+    """``net fwd`` / ``net fwd+bwd`` rows on the inputs of the step's first differentiable call."""
+    mod, args, kwargs, _ = next(c for c in calls if c[3])
+    rows = int(next(a for a in list(args) + list(kwargs.values()) if isinstance(a, torch.Tensor)).shape[0])
+    return [Row(config, "net fwd", "-", K, NetCall(mod, args, kwargs, False), 1, 0, calls=[(rows, False)]),
+            Row(config, "net fwd+bwd", "-", K, NetCall(mod, args, kwargs, True), 1, 1, calls=[(rows, True)])]
+
+
+def fwd_bwd_ratio(rows: list) -> dict:
+    """config -> (c = ms(net fwd+bwd) / ms(net fwd), rows_ref) from the calibration rows."""
+    fwd = {r.config: r for r in rows if r.impl == "net fwd"}
+    fb = {r.config: r for r in rows if r.impl == "net fwd+bwd"}
+    return {k: (fb[k].ms / fwd[k].ms, fwd[k].calls[0][0]) for k in fwd if k in fb and fwd[k].ms > 0}
+
+
+def _base_config(name: str) -> str:
+    return name.split(" K=")[0]
+
+
+def forward_equivalents(row: Row, ratios: dict) -> float:
+    """The row's network calls per iteration in forward-equivalents (see the module docstring)."""
+    got = ratios.get(_base_config(row.config))
+    if got is None or not row.calls:
+        return float("nan")
+    c, ref = got
+    return sum((n / ref) * (c if grad else 1.0) for n, grad in row.calls)
 
 
 class _KwargsNet(nn.Module):
@@ -285,7 +351,7 @@ def peer_rows(spec: Spec, device, with_floor=True) -> list:
     cfg = mtf.DMDConfig(pred_type="flow", student_sample_steps=1, num_train_timesteps=1000, student_update_freq=1,
                         ema=mtf.EMAConfig(decay=0.999, fsdp2=False))
     pipe = mtf.DMDPipeline(student, teacher, fake, cfg)
-    adam = dict(lr=1e-4, betas=(0.0, 0.99), eps=1e-12)  # the same optimiser as ours
+    adam = dict(lr=1e-4, betas=(0.0, 0.99), eps=1e-12, foreach=True)  # the same optimiser as ours
     s_opt, f_opt = torch.optim.Adam(student.parameters(), **adam), torch.optim.Adam(fake.parameters(), **adam)
     g = torch.Generator(device=device).manual_seed(0)
     kw = spec.cond(device) or {}
@@ -312,11 +378,13 @@ def peer_rows(spec: Spec, device, with_floor=True) -> list:
     log.record = True
     iteration()
     log.record = False
-    row = Row(spec.name, "peer", "modelopt", 1, iteration, sum(log.fwd.values()), sum(log.grad.values()))
+    row = Row(spec.name, "peer", "modelopt", 1, iteration, sum(log.fwd.values()), sum(log.grad.values()),
+              calls=list(log.shapes))
     rows = [row]
     if with_floor:
         rows.append(Row(spec.name, "peer floor", "-", 1,
-                        Floor(log.calls, [(student.net, s_opt), (fake.net, f_opt)]), row.fwd, row.grad_calls))
+                        Floor(log.calls, [(student.net, s_opt), (fake.net, f_opt)]), row.fwd, row.grad_calls,
+                        calls=list(log.shapes)))
     log.remove()
     return rows
 
@@ -395,18 +463,22 @@ def build_rows(names, specs, device, backends, peer: bool, k_sweep) -> list:
 def format_table(rows: list) -> str:
     floors = {(r.config, r.impl): r.ms for r in rows if r.impl in ("floor", "peer floor")}
     cpu_floors = {(r.config, r.impl): r.cpu_ms for r in rows if r.impl in ("floor", "peer floor")}
+    ratios = fwd_bwd_ratio(rows)
     head = ("| config | impl | backend | K | fwd | grad calls | ms / iter | overhead vs floor | ms / call | "
-            "CPU ms / iter | CPU overhead | peak MiB |\n|---|---|---|---|---|---|---|---|---|---|---|---|")
+            "fwd-eq / iter | ms / fwd-eq | CPU ms / iter | CPU overhead | peak MiB |\n"
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     lines = [head]
     for r in rows:
         key = (r.config, "peer floor" if r.impl.startswith("peer") else "floor")
         fl, cfl = floors.get(key), cpu_floors.get(key)
-        mine = r.impl not in ("floor", "peer floor")
+        mine = r.impl not in ("floor", "peer floor") and not r.impl.startswith("net ")
         ratio = f"{r.ms / fl:.3f}" if fl and mine else ""
         cratio = f"{r.cpu_ms / cfl:.3f}" if cfl and mine else ""
         per_call = r.ms / (r.fwd + r.grad_calls) if r.fwd else float("nan")
+        feq = forward_equivalents(r, ratios)
         lines.append(f"| {r.config} | {r.impl} | {r.backend} | {r.num_steps} | {r.fwd} | {r.grad_calls} | "
-                     f"{r.ms:.1f} | {ratio} | {per_call:.2f} | {r.cpu_ms:.1f} | {cratio} | {r.peak_mib:.1f} |")
+                     f"{r.ms:.1f} | {ratio} | {per_call:.2f} | {feq:.2f} | {r.ms / feq:.2f} | {r.cpu_ms:.1f} | "
+                     f"{cratio} | {r.peak_mib:.1f} |")
     return "\n".join(lines)
 
 
@@ -476,11 +548,18 @@ def main(argv=None) -> int:
         print("peer not installed (pip install 'rmmd_core[peer]' for nvidia-modelopt)" if want_peer and not peer
               else "peer not run (--no-peer / --smoke)")
     print(format_table(rows))
+    ratios = fwd_bwd_ratio(rows)
+    print("forward+backward / forward (net rows): "
+          + ", ".join(f"{k} {c:.2f}" for k, (c, _) in ratios.items()))
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"date": stamp, "machine": machine, "note": args.note, "repeats": repeats,
+                       "fwd_bwd_ratio": {k: c for k, (c, _) in ratios.items()},
                        "rows": [{"config": r.config, "impl": r.impl, "backend": r.backend, "num_steps": r.num_steps,
                                  "fwd": r.fwd, "grad_calls": r.grad_calls, "ms_median": r.ms,
+                                 "call_rows": [n for n, _ in r.calls], "call_grad": [g for _, g in r.calls],
+                                 "fwd_eq": forward_equivalents(r, ratios),
+                                 "ms_per_fwd_eq": r.ms / forward_equivalents(r, ratios),
                                  "ms_all": [1e3 * t for t in r.times], "cpu_ms_median": r.cpu_ms,
                                  "cpu_ms_all": [1e3 * t for t in r.cpu_times], "peak_mib": r.peak_mib}
                                 for r in rows]},

@@ -17,7 +17,7 @@ from collections.abc import Mapping, Sequence
 
 from .distributed import gradient_sync
 from .engine import RMMD, discard_backward, finish_update, finite_on_all_ranks
-from .step import losses
+from .step import add_backend_metric, losses
 
 _LOSS_KWARGS = ("data", "cond", "batch_size", "generator")
 
@@ -77,6 +77,7 @@ def accumulate_step(engine: RMMD, micro_batches: Sequence[Mapping]) -> dict:
             loss.backward()
         per_mb.append((share, out.metrics))
     nan = float("nan")
+    ema_backend = None
     if not finite:
         engine.student_optimizer.zero_grad(set_to_none=True)
         engine.aux_optimizer.zero_grad(set_to_none=True)
@@ -87,7 +88,7 @@ def accumulate_step(engine: RMMD, micro_batches: Sequence[Mapping]) -> dict:
             grad_norm, skipped_s = finish_update(engine.student, engine.student_optimizer, cfg.grad_clip)
             if not skipped_s:
                 engine.student_updates += 1
-                engine.update_ema()
+                ema_backend = engine.update_ema()
         grad_norm_aux, skipped_a = finish_update(engine.auxiliary, engine.aux_optimizer, cfg.grad_clip)
     engine.iteration += 1
     engine.skipped_updates += int(skipped_s or skipped_a)
@@ -95,6 +96,7 @@ def accumulate_step(engine: RMMD, micro_batches: Sequence[Mapping]) -> dict:
     for k in ("mm_surrogate", "reward_mean", "anchor_l2", "student_loss", "aux_loss", "t_mean", "s_mean", "nfe"):
         if per_mb and k in m:
             m[k] = sum(w * mm[k] for w, mm in per_mb) if all(math.isfinite(mm[k]) for _, mm in per_mb) else nan
+    add_backend_metric(m, "ema_update", ema_backend)
     for k in [k for k in m if k.startswith("calls_")]:
         m[k] = sum(mm.get(k, 0) for _, mm in per_mb)
     m.update(grad_norm=grad_norm, grad_norm_aux=grad_norm_aux, skipped=float(skipped_s or skipped_a),

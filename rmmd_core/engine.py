@@ -21,15 +21,23 @@ import torch
 from . import ops
 from .config import RMMDConfig
 from .denoiser import Denoiser, check_autocast
+from .module_cache import grads_of, tensors_of
 from .rewards import Reward, as_reward
 
 
 def make_optimizer(module: torch.nn.Module, config: RMMDConfig) -> torch.optim.Optimizer:
-    """Adam(beta1 = 0, beta2 = 0.99, eps = 1e-12) by default (method.md "Project defaults")."""
+    """Adam(beta1 = 0, beta2 = 0.99, eps = 1e-12) by default (method.md "Project defaults").
+
+    ``foreach=True``: the multi-tensor implementation on every device. torch picks it by itself only for
+    CUDA tensors and runs a per-tensor Python loop on CPU; the two give bit-identical updates (same
+    formula, same rounding), and foreach is 1.5-8x faster per step on CPU (2-D MLP / small DiT /
+    small UNet: 0.24 / 1.40 / 8.75 ms -> 0.22 / 0.90 / 4.53 ms, one thread, 2026-11-26, loaded machine).
+    ``fused=True`` would be faster still but rounds differently, so it is left to the caller's own
+    optimiser (``student_optimizer=`` / ``aux_optimizer=``)."""
     params = [p for p in module.parameters() if p.requires_grad]
     if not params:
         raise ValueError(f"{type(module).__name__} has no trainable parameters to optimise")
-    return torch.optim.Adam(params, lr=config.lr, betas=tuple(config.betas), eps=config.eps)
+    return torch.optim.Adam(params, lr=config.lr, betas=tuple(config.betas), eps=config.eps, foreach=True)
 
 
 def _same_schedule(a: Denoiser, b: Denoiser) -> bool:
@@ -101,6 +109,8 @@ class RMMD:
             for den in (self.teacher, self.student, self.auxiliary, self.anchor, self.frozen_aux, self.ema):
                 if den is not None:
                     den.autocast = autocast
+        self._ema_plan = None  # update_ema's cached lists (see there)
+        self._ema_checked = False
         self.iteration = 0
         self.student_updates = 0
         self.skipped_updates = 0
@@ -169,21 +179,52 @@ class RMMD:
         return self.iteration % self.config.student_update_every == 0
 
     @torch.no_grad()
-    def update_ema(self) -> None:
+    def update_ema(self) -> str | None:
         """``p_ema <- beta p_ema + (1 - beta) p`` over all student parameters (one multi-tensor op,
-        :func:`rmmd_core.ops.ema_update`, method.md §e K9); buffers are copied."""
+        :func:`rmmd_core.ops.ema_update`, method.md §e K9, on the engine's backend); buffers are copied.
+
+        Returns the backend the op ran on (the step metric ``backend_ema_update``), None when there is
+        no EMA or it went through DTensor's own ``_foreach_lerp_`` (differently sharded FSDP2 copies).
+        The parameter lists come from :func:`rmmd_core.module_cache.tensors_of` (cached, rebuilt when a
+        network's tensors change), so a step does not walk both module trees again."""
         if self.ema is None:
-            return
-        beta = self.config.ema_decay
-        ema_p = [p for p in self.ema.parameters()]
-        cur_p = [p.detach() for p in self.student.parameters()]
-        local = _local_shards(ema_p, cur_p)
-        if local is None:  # differently sharded DTensors: let DTensor's own foreach rule redistribute
-            torch._foreach_lerp_(ema_p, [c.to(e.dtype) for e, c in zip(ema_p, cur_p)], 1.0 - beta)
-        else:
-            ops.ema_update(*local, float(beta))
-        for e, c in zip(self.ema.buffers(), self.student.buffers()):
+            return None
+        beta = float(self.config.ema_decay)
+        ema_t, cur_t = tensors_of(self.ema), tensors_of(self.student)
+        plan = getattr(self, "_ema_plan", None)
+        if plan is None or plan[0] is not ema_t or plan[1] is not cur_t:
+            # any DTensor (FSDP2) in the lists: their local shards are taken per call (views that a
+            # re-sharding replaces); plain tensors are passed as they are
+            dtensor = any(_is_dtensor(t) for t in ema_t.params + cur_t.params)
+            plan = self._ema_plan = (ema_t, cur_t, dtensor, tuple(zip(ema_t.buffers, cur_t.buffers)))
+            self._ema_checked = False
+        _, _, dtensor, buffer_pairs = plan
+        ema_p, cur_p = list(ema_t.params), list(cur_t.params)
+        name = None
+        if ema_p:
+            local = _local_shards(ema_p, [c.detach() for c in cur_p]) if dtensor else (ema_p, cur_p)
+            if local is None:  # differently sharded DTensors: let DTensor's own foreach rule redistribute
+                torch._foreach_lerp_(ema_p, [c.detach().to(e.dtype) for e, c in zip(ema_p, cur_p)], 1.0 - beta)
+            else:
+                name = ops.resolve_backend("ema_update", local[0][0], local[1][0], backend=self.backend)
+                if name in ("cpu", "cuda") and self._ema_checked:
+                    # the C++ op checks lists, dtypes, shapes and devices itself; the Python entry point's
+                    # per-tensor validation (ops.ema_update) ran on the first update of these lists
+                    torch.ops.rmmd_core.ema_update(local[0], local[1], beta)
+                else:
+                    ops.ema_update(*local, beta, backend=name)
+                    self._ema_checked = True
+        for e, c in buffer_pairs:
             e.copy_(c)
+        return name
+
+
+def _is_dtensor(t: torch.Tensor) -> bool:
+    try:
+        from torch.distributed.tensor import DTensor
+    except ImportError:  # torch built without distributed
+        return False
+    return isinstance(t, DTensor)
 
 
 def _local_shards(ema_p: list[torch.Tensor], cur_p: list[torch.Tensor]):
@@ -245,13 +286,22 @@ def finite_on_all_ranks(loss: torch.Tensor, module: torch.nn.Module) -> bool:
 
 def finish_update(module: torch.nn.Module, optimizer: torch.optim.Optimizer,
                   grad_clip: float | None) -> tuple[float, bool]:
-    """After backward: global grad norm, clip, skip on a non-finite norm, else ``optimizer.step()``."""
-    params = [p for p in module.parameters() if p.grad is not None]
-    norm = torch.nn.utils.clip_grad_norm_(params, grad_clip if grad_clip is not None else math.inf,
-                                          error_if_nonfinite=False) if params else torch.zeros(())
-    if hasattr(norm, "full_tensor"):  # FSDP2: a DTensor holding the (already global) norm
-        norm = norm.full_tensor()
-    norm = float(norm)
+    """After backward: global grad norm, clip, skip on a non-finite norm, else ``optimizer.step()``.
+
+    The norm is ``torch.nn.utils.get_total_norm`` over the module's gradients (what ``clip_grad_norm_``
+    computes); the gradients are scaled by ``clip_grads_with_norm_`` only when its coefficient
+    ``min(grad_clip / (norm + 1e-6), 1)`` is below 1, since multiplying by exactly 1 changes no bit and
+    the norm is read on the host anyway (one pass over every gradient saved in the usual case)."""
+    params = grads_of(module)  # cached parameter list (module_cache), filtered on p.grad per call
+    norm = 0.0
+    if params:
+        total = torch.nn.utils.get_total_norm([p.grad for p in params], 2.0, False, None)
+        sharded = hasattr(total, "full_tensor")  # FSDP2: a DTensor holding the (already global) norm
+        norm = float(total.full_tensor() if sharded else total)
+        if grad_clip is not None and math.isfinite(norm):
+            # the same float32 coefficient clip_grads_with_norm_ computes (so the decision is exact)
+            if sharded or float(float(grad_clip) / (total + 1e-6)) < 1.0:
+                torch.nn.utils.clip_grads_with_norm_(params, grad_clip, total, None)
     if not math.isfinite(norm):
         optimizer.zero_grad(set_to_none=True)
         return norm, True

@@ -24,12 +24,44 @@ from .ops.reward_reference import LUMA  # noqa: F401  (ITU-R BT.601 luma weights
 
 
 class Reward(abc.ABC):
-    """Base class: subclasses implement ``value_and_grad``; ``__call__`` returns the value only."""
+    """Base class: subclasses implement ``value_and_grad``; ``__call__`` returns the value only.
+
+    Rewards computed by a fused op (the built-ins) set ``fused_op`` to the op's name in
+    ``rmmd_core.ops`` and take a ``backend`` (None: follow the engine's backend, see
+    :meth:`engine_value_and_grad`); the engine reports the backend that op ran on as the step metric
+    ``backend_<fused_op>``.
+    """
 
     multi_sample = False
+    fused_op: str | None = None  # e.g. "grayscale_reward"; None: not a fused op (no backend metric)
+    backend: str | None = None
 
     def __call__(self, x0: torch.Tensor, cond=None, **reward_kwargs) -> torch.Tensor:
         return self.value_and_grad(x0, cond, **reward_kwargs)[0]
+
+    def effective_backend(self, engine_backend: str | None = None) -> str | None:
+        """The backend request of this reward's fused op inside an engine: the reward's own ``backend``
+        when set, else the engine's (None there too: ``RMMD_CORE_BACKEND``, default auto)."""
+        return self.backend if self.backend is not None else engine_backend
+
+    def engine_value_and_grad(self, x0: torch.Tensor, cond=None, backend: str | None = None,
+                              need_grad: bool = True, /, **reward_kwargs):
+        """What the engine calls: ``(R, dR/dx0)`` (grad None when ``need_grad`` is False).
+
+        ``backend``: the engine's backend; fused rewards run their op on :meth:`effective_backend`.
+        The default ignores it and calls ``value_and_grad`` (or, for the value only, ``__call__``
+        under ``no_grad``), so user subclasses need nothing new. The four leading arguments are
+        positional-only, so ``reward_kwargs`` may use any name (even ``backend``)."""
+        if need_grad:
+            return self.value_and_grad(x0, cond, **reward_kwargs)
+        with torch.no_grad():
+            return self(x0, cond, **reward_kwargs), None
+
+    def backend_used(self, x0: torch.Tensor, engine_backend: str | None = None) -> dict[str, str]:
+        """``{fused_op: backend name}`` that :meth:`engine_value_and_grad` runs on for ``x0`` ({} if not fused)."""
+        if self.fused_op is None:
+            return {}
+        return {self.fused_op: ops.resolve_backend(self.fused_op, x0, backend=self.effective_backend(engine_backend))}
 
     @abc.abstractmethod
     def value_and_grad(self, x0: torch.Tensor, cond=None):
@@ -67,12 +99,22 @@ class GrayscaleReward(Reward):
     auto) in fp32 math (fp64 for fp64 input). Returns ``(R[B], dR/dx0[B,3,H,W])`` in x0's dtype.
     """
 
+    fused_op = "grayscale_reward"
+
     def __init__(self, backend: str | None = None):
-        self.backend = backend  # None: RMMD_CORE_BACKEND, default auto (see rmmd_core.ops.dispatch)
+        # None: the engine's backend inside rmmd_core.step, else RMMD_CORE_BACKEND, default auto
+        self.backend = backend
 
     def value_and_grad(self, x0, cond=None):
+        return self._run(x0, self.backend)
+
+    def engine_value_and_grad(self, x0, cond=None, backend=None, need_grad=True, /):
+        value, grad = self._run(x0, self.effective_backend(backend))
+        return value, (grad if need_grad else None)
+
+    def _run(self, x0, backend):
         _check_image(x0, "GrayscaleReward", 3)
-        value, grad = ops.grayscale_reward(x0, backend=self.backend)
+        value, grad = ops.grayscale_reward(x0, backend=backend)
         return value.to(x0.dtype), grad
 
 
@@ -84,12 +126,22 @@ class LaplacianReward(Reward):
     in one pass by the fused op :func:`rmmd_core.ops.laplacian_reward` (method.md §e K4b).
     """
 
+    fused_op = "laplacian_reward"
+
     def __init__(self, backend: str | None = None):
-        self.backend = backend  # None: RMMD_CORE_BACKEND, default auto (see rmmd_core.ops.dispatch)
+        # None: the engine's backend inside rmmd_core.step, else RMMD_CORE_BACKEND, default auto
+        self.backend = backend
 
     def value_and_grad(self, x0, cond=None):
+        return self._run(x0, self.backend)
+
+    def engine_value_and_grad(self, x0, cond=None, backend=None, need_grad=True, /):
+        value, grad = self._run(x0, self.effective_backend(backend))
+        return value, (grad if need_grad else None)
+
+    def _run(self, x0, backend):
         _check_image(x0, "LaplacianReward")
-        value, grad = ops.laplacian_reward(x0, backend=self.backend)
+        value, grad = ops.laplacian_reward(x0, backend=backend)
         return value.to(x0.dtype), grad
 
 
@@ -129,14 +181,24 @@ class CRPSReward(Reward):
     """
 
     multi_sample = True
+    fused_op = "crps_fair"
 
     def __init__(self, weights: torch.Tensor | None = None, backend: str | None = None):
         if weights is not None and not isinstance(weights, torch.Tensor):
             raise TypeError(f"CRPSReward: weights must be a Tensor or None, got {type(weights).__name__}")
         self.weights = weights
-        self.backend = backend  # None: RMMD_CORE_BACKEND, default auto (see rmmd_core.ops.dispatch)
+        # None: the engine's backend inside rmmd_core.step, else RMMD_CORE_BACKEND, default auto
+        self.backend = backend
 
     def value_and_grad(self, x0, cond=None, *, target=None, mask=None):
+        return self._run(x0, target, mask, self.backend)
+
+    def engine_value_and_grad(self, x0, cond=None, backend=None, need_grad=True, /, *, target=None,
+                              mask=None):
+        value, grad = self._run(x0, target, mask, self.effective_backend(backend))
+        return value, (grad if need_grad else None)
+
+    def _run(self, x0, target, mask, backend):
         if target is None:
             raise ValueError("CRPSReward needs the verifying state: pass reward_kwargs={'target': y} with y of "
                              "shape (B, ...) to rmmd_core.step / losses")
@@ -146,7 +208,7 @@ class CRPSReward(Reward):
         w = self.weights.to(x0.device) if self.weights is not None else None
         target = target.to(x0.dtype) if isinstance(target, torch.Tensor) and target.is_floating_point() else target
         # the fused K4c op (sorted/rank form, O(M·D) memory; closed form for M = 2)
-        crps, grad = ops.crps_fair(x0, target, w, mask, with_grad=True, backend=self.backend)
+        crps, grad = ops.crps_fair(x0, target, w, mask, with_grad=True, backend=backend)
         return -crps, -grad
 
 

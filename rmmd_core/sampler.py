@@ -70,9 +70,9 @@ def posterior_coefficients(schedule: Schedule, t: torch.Tensor, s: torch.Tensor,
         raise ValueError("posterior step needs s <= t for every sample")
     final = s <= 0
     s_safe = torch.where(final, t, s)
-    a_t, sg_t = schedule.alpha_sigma(t)
-    a_s, sg_s = schedule.alpha_sigma(s_safe)
-    var_ts = -(sg_t ** 2) * torch.expm1(schedule.log_snr(t) - schedule.log_snr(s_safe))
+    a_t, sg_t, lam_t = schedule.alpha_sigma_log_snr(t)
+    a_s, sg_s, lam_s = schedule.alpha_sigma_log_snr(s_safe)
+    var_ts = -(sg_t ** 2) * torch.expm1(lam_t - lam_s)
     var_ts = var_ts.clamp_min(0)
     gamma = eta * sg_s * var_ts.sqrt() / sg_t
     A = (sg_s ** 2 - gamma ** 2).clamp_min(0).sqrt() / sg_t
@@ -107,15 +107,17 @@ def posterior_step(schedule: Schedule, z_t: torch.Tensor, x_hat: torch.Tensor, t
 
 def denoise_step(schedule: Schedule, z_t: torch.Tensor, net_out: torch.Tensor, a: torch.Tensor, c: torch.Tensor,
                  t: torch.Tensor, s: torch.Tensor, eta: float = 1.0, generator: torch.Generator | None = None,
-                 backend: str | None = None, want_x0: bool = False, coefficients=None):
+                 backend: str | None = None, want_x0: bool = False, coefficients=None, final: bool | None = None):
     """:func:`posterior_step` from the raw network output ``F`` with ``x̂ = a z_t + c F`` (per-sample (B,)
     a, c, e.g. from ``Denoiser.affine_output``), in one fused pass. Draws one seed from ``generator``,
     as :func:`posterior_step` does, except for steps into s = 0, which draw none (the unfused rollout
     returns x̂ there). Returns z_s, or ``(z_s, x̂)`` with ``want_x0``. ``coefficients``: as in
-    :func:`posterior_step`."""
+    :func:`posterior_step`. ``final``: whether every ``s`` is 0, when the caller already knows (a rollout
+    does, from its grid), saving a device->host read."""
     A, C, gamma = _coefficients(schedule, t, s, eta, coefficients, z_t.shape[0])
     dev = z_t.device
-    final = bool((torch.as_tensor(s) <= 0).all())
+    if final is None:
+        final = bool((torch.as_tensor(s) <= 0).all())
     seed = 0 if final else draw_seed(generator)
     return ops.denoise_step(z_t, net_out, a.to(dev), c.to(dev), A.to(dev), C.to(dev), gamma.to(dev), seed, 0,
                             want_x0=want_x0, backend=backend)
@@ -175,21 +177,24 @@ def rollout(denoiser: Denoiser, z: torch.Tensor, grid: torch.Tensor, cond: Cond 
     # Every step's (A, C, gamma) in one float64 call (they depend on the grid only), not K calls.
     coefs = ([c.to(z.device) for c in posterior_coefficients(denoiser.schedule, grid[:steps], grid[1:steps + 1],
                                                               eta)] if steps else [])
+    grid_dev = grid.to(z.device)
+    ends = grid[1:steps + 1].tolist()  # the step targets as Python floats: one read, not two per step
     for j in range(steps):
-        t = grid[j].expand(B).to(z.device)
-        s = grid[j + 1].expand(B).to(z.device)
+        t = grid_dev[j].expand(B)
+        s = grid_dev[j + 1].expand(B)
         coef_j = tuple(c[j] for c in coefs)
+        to_zero = ends[j] <= 0.0
         calls += 1
         if fused:
             net_out, a, c = denoiser.affine_output(z, t, cond, guidance_scale=guidance_scale)
             # x̂ is written only where it is returned: the last step (into s = 0 it *is* z_s).
-            want_x0 = j == steps - 1 and float(grid[j + 1]) > 0.0
+            want_x0 = j == steps - 1 and not to_zero
             res = denoise_step(denoiser.schedule, z, net_out, a, c, t, s, eta, generator, backend, want_x0=want_x0,
-                               coefficients=coef_j)
-            z, x_hat = res if want_x0 else (res, res if float(grid[j + 1]) <= 0.0 else None)
+                               coefficients=coef_j, final=to_zero)
+            z, x_hat = res if want_x0 else (res, res if to_zero else None)
         else:
             x_hat = denoiser(z, t, cond, guidance_scale=guidance_scale)
-            if float(grid[j + 1]) <= 0.0:
+            if to_zero:
                 z = x_hat
             else:
                 z = posterior_step(denoiser.schedule, z, x_hat, t, s, eta, generator, backend, coefficients=coef_j)

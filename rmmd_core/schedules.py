@@ -116,6 +116,12 @@ class Schedule(ABC):
         a, s = self.alpha_sigma(t)
         return 2 * (torch.log(a) - torch.log(s))
 
+    def alpha_sigma_log_snr(self, t: TensorLike) -> tuple[Tensor, Tensor, Tensor]:
+        """``(*alpha_sigma(t), log_snr(t))``, the same values; schedules whose alpha and sigma come from
+        lambda (:class:`DiscreteVP`) evaluate lambda once (the posterior step needs all three)."""
+        a, s = self.alpha_sigma(t)
+        return a, s, self.log_snr(t)
+
     @abstractmethod
     def t_from_log_snr(self, lam: TensorLike) -> Tensor:
         """Inverse of :meth:`log_snr` (closed form, method.md §a.2), clamped into ``[t_min, t_max]``."""
@@ -550,6 +556,10 @@ class DiscreteVP(Schedule):
     def alpha_sigma(self, t):
         lam = self.log_snr(t)
         return torch.sqrt(torch.sigmoid(lam)), torch.sqrt(torch.sigmoid(-lam))
+
+    def alpha_sigma_log_snr(self, t):
+        lam = self.log_snr(t)  # alpha_sigma's own lambda, computed once
+        return torch.sqrt(torch.sigmoid(lam)), torch.sqrt(torch.sigmoid(-lam)), lam
 
     def t_from_log_snr(self, lam):
         lam = _as_float_tensor(lam)

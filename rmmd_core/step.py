@@ -24,7 +24,7 @@ import torch
 from . import ops
 from .denoiser import Cond, batch_of, check_cond_batch, repeat_cond
 from .engine import RMMD, apply_update
-from .sampler import draw_seed, posterior_step, prior_sample, rollout, time_grid
+from .sampler import can_fuse, draw_seed, posterior_step, prior_sample, rollout, time_grid
 
 
 @dataclass
@@ -109,12 +109,28 @@ def fused_aux_loss(o: torch.Tensor, x0: torch.Tensor, m_ref: torch.Tensor, w: to
     return _AuxLoss.apply(o, x0, m_ref, w, backend)
 
 
-def _backend_metrics(op_tensors: dict, backend: str | None) -> dict:
-    """``backend``: the one backend every fused op ran on, else ``op=name`` pairs; plus ``backend_<op>``."""
-    used = {op: ops.resolve_backend(op, *tensors, backend=backend) for op, tensors in op_tensors.items()}
+def _backend_metrics(op_tensors: dict, backend: str | None, used: dict | None = None) -> dict:
+    """``backend``: the one backend every fused op ran on, else ``op=name`` pairs; plus ``backend_<op>``.
+
+    ``op_tensors``: op -> its tensors, resolved with ``backend`` (memoised, no tensor work); ``used``:
+    op -> backend name already known (e.g. a reward's own choice, see ``Reward.backend_used``)."""
+    used = {**{op: ops.resolve_backend(op, *tensors, backend=backend) for op, tensors in op_tensors.items()},
+            **(used or {})}
+    return {"backend": _backend_summary(used), **{f"backend_{op}": name for op, name in used.items()}}
+
+
+def _backend_summary(used: dict) -> str:
     names = set(used.values())
-    summary = names.pop() if len(names) == 1 else ",".join(f"{op}={name}" for op, name in used.items())
-    return {"backend": summary, **{f"backend_{op}": name for op, name in used.items()}}
+    return names.pop() if len(names) == 1 else ",".join(f"{op}={name}" for op, name in used.items())
+
+
+def add_backend_metric(metrics: dict, op: str, name: str | None) -> None:
+    """Add ``backend_<op> = name`` (None: the op did not run) and recompute the ``backend`` summary."""
+    if name is None:
+        return
+    metrics[f"backend_{op}"] = name
+    used = {k[len("backend_"):]: v for k, v in metrics.items() if k.startswith("backend_")}
+    metrics["backend"] = _backend_summary(used)
 
 
 def _check_output(name: str, out: torch.Tensor, like: torch.Tensor) -> None:
@@ -192,20 +208,14 @@ def _reward_terms(engine: RMMD, x0: torch.Tensor, cond_n: Cond, cond: Cond, B: i
     rewards get (N, ...) and batched ``reward_kwargs`` tiled member-major like ``cond``. Scaling: the engine
     minimises ``-lam mean_b r_b``, so the cotangent's reward part is ``-lam (1/B) dr_b/dx̂0`` (see losses()).
     """
-    rw = engine.reward
+    rw, backend = engine.reward, engine.backend
     if rw.multi_sample:
         xs = x0.detach().view(M, B, *x0.shape[1:])
-        if need_grad:
-            r, G = rw.value_and_grad(xs, cond, **reward_kwargs)
-            return r.detach(), G.reshape_as(x0)
-        with torch.no_grad():
-            return rw(xs, cond, **reward_kwargs).detach(), None
+        r, G = rw.engine_value_and_grad(xs, cond, backend, need_grad, **reward_kwargs)
+        return r.detach(), (G.reshape_as(x0) if need_grad else None)
     kw_n = repeat_cond(reward_kwargs, M) if reward_kwargs else {}
-    if need_grad:
-        v, G = rw.value_and_grad(x0.detach(), cond_n, **kw_n)
-        return v.detach().view(M, B).mean(0), G / M
-    with torch.no_grad():
-        return rw(x0.detach(), cond_n, **kw_n).detach().view(M, B).mean(0), None
+    v, G = rw.engine_value_and_grad(x0.detach(), cond_n, backend, need_grad, **kw_n)
+    return v.detach().view(M, B).mean(0), (G / M if need_grad else None)
 
 
 def losses(engine: RMMD, data: torch.Tensor | None = None, cond: Cond = None, *, batch_size: int | None = None,
@@ -276,6 +286,8 @@ def losses(engine: RMMD, data: torch.Tensor | None = None, cond: Cond = None, *,
         s = s.clamp_min(s_floor)
         t = torch.maximum(t, s)
         fused_ops = {}  # op -> tensors, for the metrics' backend names
+        if source != "data" and can_fuse(student):  # the rollout's steps ran as fused denoise_step calls
+            fused_ops["denoise_step"] = (z,)              # (else as posterior_step, reported below anyway)
         if source != "discrete":  # forward (re-)noise of the clean / rolled-out sample, fused K2 op
             a_t, sg_t = sch.alpha_sigma(t)
             z_t = ops.renoise(x, a_t.to(device), sg_t.to(device), draw_seed(g), 0, backend=engine.backend)
@@ -351,8 +363,9 @@ def losses(engine: RMMD, data: torch.Tensor | None = None, cond: Cond = None, *,
         scalars["cot_norm_reward"] = stats[:, 3].sum().sqrt()
     if a is not None:
         scalars["cot_norm_anchor"] = stats[:, 4].sum().sqrt()
-    values = dict(zip(scalars, torch.stack([v.detach().to(torch.float64).reshape(()) for v in scalars.values()])
-                      .tolist()))
+    # cat promotes the float32 scalars to float64 exactly (t_mean / s_mean are float64): one copy, one read
+    values = dict(zip(scalars, torch.cat([v.detach().reshape(1) for v in scalars.values()])
+                      .to(torch.float64).tolist()))
     metrics = {
         "phase": engine.phase,
         "state_source": source,
@@ -374,7 +387,8 @@ def losses(engine: RMMD, data: torch.Tensor | None = None, cond: Cond = None, *,
         "calls_grad": grad_calls,
         "student_update": update_student,
         **_backend_metrics({"posterior_step": (z_t,), **fused_ops, "rmmd_cotangent": (x0d, w),
-                            "aux_loss": (aux_out, w_aux)}, engine.backend),
+                            "aux_loss": (aux_out, w_aux)}, engine.backend,
+                           used=engine.reward.backend_used(x0d, engine.backend) if r is not None else None),
     }
     inter = {}
     if return_intermediates:
@@ -400,8 +414,11 @@ def step(engine: RMMD, data: torch.Tensor | None = None, cond: Cond = None, *, b
     ``skipped_student`` / ``skipped_aux`` (a non-finite loss or gradient skips that update and leaves
     weights and optimiser state untouched), ``t_mean``,
     ``s_mean``, ``iteration``, ``phase`` (``'mm' | 'rmmd'``), ``state_source``, ``backend`` (the one
-    backend every fused op ran on, else ``op=name`` pairs) and ``backend_<op>`` for each fused op used
-    (``posterior_step``, ``renoise``, ``rmmd_cotangent``, ``aux_loss``).
+    backend every fused op ran on, else ``op=name`` pairs) and ``backend_<op>`` for each fused op that ran
+    this iteration (``posterior_step``, ``denoise_step`` (fused rollout steps), ``renoise``,
+    ``rmmd_cotangent``, ``aux_loss``, the reward's op ``grayscale_reward`` / ``laplacian_reward`` /
+    ``crps_fair`` for the built-in rewards, ``ema_update`` on iterations that update the EMA). Built-in
+    rewards without a ``backend`` of their own run on the engine's backend.
     """
     out = losses(engine, data, cond, batch_size=batch_size, generator=generator, reward_kwargs=reward_kwargs)
     m = out.metrics
@@ -417,7 +434,7 @@ def step(engine: RMMD, data: torch.Tensor | None = None, cond: Cond = None, *, b
                                             engine.config.grad_clip)
         if not skipped_s:
             engine.student_updates += 1
-            engine.update_ema()
+            add_backend_metric(m, "ema_update", engine.update_ema())
     engine.iteration += 1
     engine.skipped_updates += int(skipped_s or skipped_a)
     m.update(grad_norm=grad_norm, grad_norm_aux=grad_norm_aux, skipped=float(skipped_s or skipped_a),

@@ -31,6 +31,17 @@ def test_smoke_run_table_and_counts(tmp_path, capsys):
             # continuous on-policy: K rollout calls + student + teacher + auxiliary; 2 with grad
             assert r["fwd"] == K + 3 and r["grad_calls"] == 2, r
             assert r["ms_median"] > 0 and math.isfinite(r["ms_median"]) and r["cpu_ms_median"] > 0
+        # forward-equivalents: calibration rows (one no-grad forward, one forward+backward of the same call)
+        fwd, fb = rows[(name, "net fwd", "-")], rows[(name, "net fwd+bwd", "-")]
+        assert (fwd["fwd"], fwd["grad_calls"], fb["fwd"], fb["grad_calls"]) == (1, 0, 1, 1)
+        c = res["fwd_bwd_ratio"][name]
+        assert c == pytest.approx(fb["ms_median"] / fwd["ms_median"])
+        ref = fwd["call_rows"][0]
+        for r in ours + [floor]:
+            assert len(r["call_rows"]) == r["fwd"] and sum(r["call_grad"]) == r["grad_calls"]
+            want = sum(n / ref * (c if g else 1.0) for n, g in zip(r["call_rows"], r["call_grad"]))
+            assert r["fwd_eq"] == pytest.approx(want) and r["ms_per_fwd_eq"] == pytest.approx(r["ms_median"] / want)
+    assert "fwd-eq / iter" in text and "ms / fwd-eq" in text
     sweep = {r["config"]: r["fwd"] for r in res["rows"] if " K=" in r["config"]}
     assert sweep == {"2d K=1": 4, "2d K=2": 5}
 
@@ -38,7 +49,8 @@ def test_smoke_run_table_and_counts(tmp_path, capsys):
 def test_floor_replays_the_recorded_calls():
     import torch
 
-    ours, floor = bench_step.ours_rows(bench_step.SMOKE["2d"], torch.device("cpu"), ["reference"])
+    ours, floor, *calibration = bench_step.ours_rows(bench_step.SMOKE["2d"], torch.device("cpu"), ["reference"])
+    assert [r.impl for r in calibration] == ["net fwd", "net fwd+bwd"]
     assert floor.impl == "floor" and isinstance(floor.fn, bench_step.Floor)
     counter = {"fwd": 0, "grad": 0}
 
