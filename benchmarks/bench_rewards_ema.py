@@ -1,4 +1,5 @@
-"""Benchmark the image rewards (method.md §e K4a, K4b) and the multi-tensor EMA (K9) as GB/s beside a copy.
+"""Benchmark the image rewards (method.md §e K4a, K4b) and the multi-tensor EMA (K9) as GB/s beside a copy
+moving the same bytes.
 
 A separate script from bench_ops.py (same timing, table and JSON conventions, imported from it) so the
 two can grow independently. Providers (one run, same machine):
@@ -31,7 +32,7 @@ import torch
 from rmmd_core import ops
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_ops import _time, markdown  # noqa: E402  (same timer and table as bench_ops.py)
+from bench_ops import _copy_gbs, _time, markdown  # noqa: E402  (same timer, copy baseline and table as bench_ops.py)
 from bench_posterior_step import _environment  # noqa: E402
 
 DEFAULT_SIZES = [2**16, 2**20, 2**22]
@@ -94,29 +95,28 @@ def _providers(device: str, case: str) -> list[str]:
 
 
 def run(sizes, dtypes, device: str, min_run_time: float) -> list[dict]:
-    rows, cache = [], {}
+    rows, cache, copies = [], {}, {}
     for dtype in dtypes:
+        itemsize = torch.empty((), dtype=dtype).element_size()
         for numel in sizes:
-            src = torch.randn(numel, device=device).to(dtype)
-            dst = torch.empty_like(src)
-            copy_s = _time(lambda: dst.copy_(src), device, min_run_time)
-            copy_gbs = 2 * numel * src.element_size() / copy_s / 1e9
             for case, n_moved in CASES.items():
                 if case == "ema_update":
                     args = _model_like(numel, dtype, device)
                     n = sum(e.numel() for e in args[0])
-                    nbytes = n * (2 * 4 + src.element_size())  # fp32 EMA read + write, params read
+                    nbytes = n * (2 * 4 + itemsize)  # fp32 EMA read + write, params read
                 else:
                     args = (_image(case, numel, dtype, device),)
                     n = args[0].numel()
-                    nbytes = n_moved * n * src.element_size()
+                    nbytes = n_moved * n * itemsize
+                # the copy baseline moves the same bytes (bench_ops.py: a smaller copy would sit in cache)
+                copy_gbs = _copy_gbs(nbytes // (2 * itemsize), dtype, device, min_run_time, copies)
                 times = {p: _time(_fn(case, p, args, cache), device, min_run_time) for p in _providers(device, case)}
                 for provider, seconds in times.items():
                     gbs = nbytes / seconds / 1e9
                     rows.append(dict(case=case, dtype=str(dtype).replace("torch.", ""), numel=n, provider=provider,
                                      ms=seconds * 1e3, gbs=gbs, copy_gbs=copy_gbs, frac_copy=gbs / copy_gbs,
                                      speedup_vs_eager=times["reference"] / seconds,
-                                     speedup_vs_compiled=times["reference_compiled"] / seconds))
+                                     speedup_vs_compiled=times["reference_compiled"] / seconds, extra_mib=None))
     return rows
 
 
@@ -133,7 +133,7 @@ def main(argv=None) -> int:
     sizes = args.sizes or (SMOKE_SIZES if args.smoke else DEFAULT_SIZES)
     env = _environment()
     rows = run(sizes, [getattr(torch, d) for d in args.dtypes], args.device, 0.02 if args.smoke else args.min_run_time)
-    print(markdown(rows, env))
+    print(markdown(rows, env, torch.get_num_threads()))
     if args.smoke and args.out is None:
         return 0
     out = args.out or os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",

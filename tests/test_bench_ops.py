@@ -53,3 +53,19 @@ def test_memory_probe_sees_temporaries_and_not_outputs():
 def test_register_case_rejects_duplicates():
     with pytest.raises(ValueError, match="already registered"):
         bench_ops.register_case("renoise", bench_ops.CASES["renoise"])
+
+
+def test_rewards_ema_smoke_run_times_every_case_against_a_matched_copy(tmp_path, capsys):
+    """benchmarks/bench_rewards_ema.py --smoke (make bench runs it): every case and provider times, and the
+    copy baseline moves the same bytes as the case."""
+    path = _PATH.parent / "bench_rewards_ema.py"
+    spec = importlib.util.spec_from_file_location("bench_rewards_ema", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    out = tmp_path / "rewards.json"
+    assert mod.main(["--smoke", "--dtypes", "float32", "--out", str(out)]) == 0
+    rows = json.loads(out.read_text())["rows"]
+    assert {r["case"] for r in rows} == set(mod.CASES)
+    for r in rows:
+        assert r["ms"] > 0 and r["gbs"] > 0 and r["copy_gbs"] > 0
+    assert "| case | dtype | elements | provider |" in capsys.readouterr().out
