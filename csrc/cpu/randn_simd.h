@@ -53,6 +53,8 @@ struct PhiloxKeys {
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 #define RMMD_HAVE_X86_SIMD_PATHS 1
+// Older name, still read by csrc/bindings/build_info_registration.cpp ("is a SIMD noise path compiled in").
+#define RMMD_HAVE_AVX2_PATH 1
 
 #include <immintrin.h>
 
@@ -360,6 +362,9 @@ inline bool cpu_has_avx512() {
                           __builtin_cpu_supports("avx512vl");
   return has;
 }
+
+// Older name, still called by csrc/bindings/build_info_registration.cpp.
+inline bool cpu_has_avx2_fma() { return cpu_has_avx2(); }
 
 }  // namespace simd
 }  // namespace rmmd
