@@ -14,7 +14,7 @@ from rmmd_core.ops.reference import posterior_step_ref
 from rmmd_core.parameterization import PREDICTIONS, to_x0, x0_coefficients
 from rmmd_core.sampler import posterior_coefficients
 from rmmd_core.schedules import get_schedule
-from test_posterior_step_op import LOWP, SEED, TOLERANCES, _assert_close
+from test_posterior_step_op import LOWP, SEED, SIMD_PATHS, TOLERANCES, _assert_close
 from test_rmmd_cotangent_op import _device
 
 _REASONS = ops.backend_reasons("denoise_step")
@@ -63,6 +63,24 @@ def test_matches_reference(shape, dtype, want_x0, backend):
     res = ops.denoise_step(z, f, *coefs, SEED, 17, want_x0=want_x0, backend=backend)
     z_s, x0 = res if want_x0 else (res, z.new_empty(0))
     _check(z_s, x0, z, f, coefs, SEED, 17, want_x0, f"{backend} {shape} {dtype}")
+
+
+@needs_cpu_op
+@pytest.mark.parametrize("simd", SIMD_PATHS)
+@pytest.mark.parametrize("want_x0", [False, True], ids=["z_s", "z_s+x0"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=str)
+def test_cpu_noise_paths_match_reference(dtype, want_x0, simd, monkeypatch):
+    # Every CPU noise path (RMMD_CORE_CPU_SIMD), with D = 59 and 429 reaching each tail of the SIMD loops
+    # and a gamma = 0 sample (the noise-free loop); z_s must stay posterior_step's on the same path.
+    monkeypatch.setenv("RMMD_CORE_CPU_SIMD", simd)
+    for shape in [(3, 59), (4, 3, 11, 13)]:
+        z, f = (torch.randn(shape).to(dtype) for _ in range(2))
+        coefs = _coefs(shape[0], zero_gamma=(1,))
+        res = ops.denoise_step(z, f, *coefs, SEED, 2**32 - 40, want_x0=want_x0, backend="cpu")
+        z_s, x0 = res if want_x0 else (res, z.new_empty(0))
+        _check(z_s, x0, z, f, coefs, SEED, 2**32 - 40, want_x0, f"cpu {simd} {shape} {dtype}")
+        P, Q = fold_denoise_coefficients(*coefs[:4])
+        assert torch.equal(z_s, ops.posterior_step(z, f, P, Q, coefs[4], SEED, 2**32 - 40, backend="cpu"))
 
 
 @pytest.mark.parametrize("prediction", PREDICTIONS)

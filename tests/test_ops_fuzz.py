@@ -11,6 +11,9 @@ compute the same fp32 value from the same low-precision inputs and round it once
 
 from __future__ import annotations
 
+import contextlib
+import os
+
 import pytest
 import torch
 
@@ -20,6 +23,7 @@ hypothesis = pytest.importorskip("hypothesis")
 from hypothesis import given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
+from test_posterior_step_op import SIMD_PATHS  # noqa: E402
 from test_rmmd_cotangent_op import _device  # noqa: E402
 
 FUZZ = settings(max_examples=30, deadline=None, derandomize=True, database=None, print_blob=True)
@@ -75,31 +79,51 @@ def _assert_close(got, ref, what, kind="elementwise", noise=False):
 data_shapes = st.tuples(st.sampled_from([1, 2, 3, 5]),
                         st.lists(st.sampled_from(SIZES), min_size=1, max_size=3)).map(lambda t: (t[0], *t[1]))
 common = dict(dtype=st.sampled_from(DTYPES), layout=st.sampled_from(LAYOUTS), seed=st.integers(0, 2**31 - 1))
+# The CPU noise paths this CPU can run (RMMD_CORE_CPU_SIMD values, see test_posterior_step_op.SIMD_PATHS).
+simd_paths = st.sampled_from([p.values[0] for p in SIMD_PATHS if not any(m.args[0] for m in p.marks)])
+
+
+@contextlib.contextmanager
+def _simd_env(value: str):
+    """RMMD_CORE_CPU_SIMD=value for the duration (hypothesis cannot use the function-scoped monkeypatch)."""
+    old = os.environ.get("RMMD_CORE_CPU_SIMD")
+    os.environ["RMMD_CORE_CPU_SIMD"] = value
+    try:
+        yield
+    finally:
+        if old is None:
+            del os.environ["RMMD_CORE_CPU_SIMD"]
+        else:
+            os.environ["RMMD_CORE_CPU_SIMD"] = old
 
 
 @FUZZ
-@given(shape=data_shapes, philox=st.tuples(st.integers(0, 2**63 - 1), st.integers(0, 2**40)), **common)
-def test_fuzz_posterior_step(shape, dtype, layout, seed, philox):
+@given(shape=data_shapes, philox=st.tuples(st.integers(0, 2**63 - 1), st.integers(0, 2**40)), simd=simd_paths,
+       **common)
+def test_fuzz_posterior_step(shape, dtype, layout, seed, philox, simd):
     gen = torch.Generator().manual_seed(seed)
     for backend in _backends("posterior_step", torch.Size(shape).numel()):
         dev = _device(backend)
         z, x = _make(shape, dtype, layout, gen, dev), _make(shape, dtype, "contiguous", gen, dev)
         A, C, gamma = (_coef(shape[0], gen, dev) for _ in range(3))
         ref = ops.posterior_step_ref(z, x, A, C, gamma, *philox)
-        got = ops.posterior_step(z, x, A, C, gamma, *philox, backend=backend)
+        with _simd_env(simd):
+            got = ops.posterior_step(z, x, A, C, gamma, *philox, backend=backend)
         _assert_close(got, ref, f"posterior_step {backend} {shape} {dtype} {layout}", noise=True)
 
 
 @FUZZ
-@given(shape=data_shapes, philox=st.tuples(st.integers(0, 2**63 - 1), st.integers(0, 2**40)), **common)
-def test_fuzz_renoise(shape, dtype, layout, seed, philox):
+@given(shape=data_shapes, philox=st.tuples(st.integers(0, 2**63 - 1), st.integers(0, 2**40)), simd=simd_paths,
+       **common)
+def test_fuzz_renoise(shape, dtype, layout, seed, philox, simd):
     gen = torch.Generator().manual_seed(seed)
     for backend in _backends("renoise", torch.Size(shape).numel()):
         dev = _device(backend)
         x = _make(shape, dtype, layout, gen, dev)
         alpha, sigma = _coef(shape[0], gen, dev), _coef(shape[0], gen, dev)
         ref = ops.renoise_ref(x, alpha, sigma, *philox)
-        got = ops.renoise(x, alpha, sigma, *philox, backend=backend)
+        with _simd_env(simd):
+            got = ops.renoise(x, alpha, sigma, *philox, backend=backend)
         _assert_close(got, ref, f"renoise {backend} {shape} {dtype} {layout}", noise=True)
 
 

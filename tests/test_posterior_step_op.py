@@ -17,13 +17,36 @@ from rmmd_core.ops.reference import philox4x32_ref, philox_randn_ref, posterior_
 HAS_CPU_OP = "cpu" in ops.available_backends("posterior_step")
 needs_cpu_op = pytest.mark.skipif(not HAS_CPU_OP, reason="rmmd_core._C (CPU kernel) is not built")
 
-SHAPES = [(1, 1), (3, 7), (5, 3, 11, 13), (2, 4097)]
+# D = 59 and 429 leave every kind of tail of the SIMD loops (2-block body, single block, partial block).
+SHAPES = [(1, 1), (3, 7), (3, 59), (5, 3, 11, 13), (2, 4097)]
 LOWP = (torch.bfloat16, torch.float16)
 # Same-dtype tolerances against the reference. The noise is float32 for every dtype and the kernels'
 # libm logf/cosf may differ from torch's vectorised log/cos by a few float32 ULP: |dn| <= 4 * 2^-23 *
 # |n| <= 3e-6 for |n| <= 5.7, times gamma <= 1.2. Output rounding adds ~1 ULP of |z_s| <= ~10.
 TOLERANCES = {torch.float32: dict(atol=1e-5, rtol=1e-6), torch.float64: dict(atol=1e-5, rtol=0.0)}
 SEED = 20260101
+
+
+def _cpu_flags() -> set[str]:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return set(next(line.split(":", 1)[1].split() for line in f if line.startswith("flags")))
+    except (OSError, StopIteration):
+        return set()
+
+
+_FLAGS = _cpu_flags()
+# RMMD_CORE_CPU_SIMD values, one per CPU noise path (csrc/cpu/posterior_step_cpu.cpp: a request the CPU cannot
+# run would silently fall back to a narrower path, so those are skipped instead of testing the same code
+# twice). "auto" is the default choice and is what every other test runs.
+SIMD_PATHS = [
+    pytest.param("avx512", id="avx512", marks=pytest.mark.skipif(
+        not {"avx512f", "avx512bw", "avx512dq", "avx512vl", "avx2", "fma", "f16c"} <= _FLAGS,
+        reason="CPU lacks AVX-512 F/BW/DQ/VL")),
+    pytest.param("avx2", id="avx2", marks=pytest.mark.skipif(not {"avx2", "fma", "f16c"} <= _FLAGS,
+                                                             reason="CPU lacks AVX2 + FMA + F16C")),
+    pytest.param("0", id="scalar"),
+]
 
 
 def _coefficients(batch: int, zero_gamma: tuple[int, ...] = ()) -> tuple[torch.Tensor, ...]:
@@ -68,11 +91,11 @@ def _check_against_reference(out: torch.Tensor, z, x, A, C, gamma, seed, offset,
 # --------------------------------------------------------------------------------------------------
 
 @needs_cpu_op
-@pytest.mark.parametrize("simd", ["1", "0"], ids=["simd", "scalar"])
+@pytest.mark.parametrize("simd", SIMD_PATHS)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16, torch.float16], ids=str)
 @pytest.mark.parametrize("shape", SHAPES, ids=str)
 def test_cpu_matches_reference(shape, dtype, simd, monkeypatch):
-    # RMMD_CORE_CPU_SIMD=0 forces the scalar libm noise path; "1" uses AVX2 where the CPU has it.
+    # RMMD_CORE_CPU_SIMD picks the noise path: AVX-512 / AVX2 fused loops, or the scalar libm one.
     monkeypatch.setenv("RMMD_CORE_CPU_SIMD", simd)
     z, x = _data(shape, dtype)
     A, C, gamma = _coefficients(shape[0], zero_gamma=(1,) if shape[0] > 1 else ())
@@ -125,9 +148,11 @@ def test_zero_gamma_samples_are_exactly_deterministic(backend):
 
 
 @needs_cpu_op
+@pytest.mark.parametrize("simd", SIMD_PATHS)
 @pytest.mark.parametrize("seed,offset", [(0, 2**32 - 50), (2**32 + 7, 3), (2**63 - 1, 2**62 + 2**32 - 17)])
-def test_cpu_large_seed_and_offset_carry(seed, offset):
-    # Crosses the 2**32 counter boundary (carry into c1) and uses both key words.
+def test_cpu_large_seed_and_offset_carry(seed, offset, simd, monkeypatch):
+    # Crosses the 2**32 counter boundary (carry into c1) and uses both key words, on every noise path.
+    monkeypatch.setenv("RMMD_CORE_CPU_SIMD", simd)
     z, x = _data((2, 100), torch.float32)
     A, C, gamma = _coefficients(2)
     out = ops.posterior_step(z, x, A, C, gamma, seed, offset, backend="cpu")

@@ -12,7 +12,7 @@ import torch
 from rmmd_core import ops
 from rmmd_core.ops import dispatch
 from rmmd_core.ops.reference import philox_randn_ref, posterior_step_ref, renoise_ref
-from test_posterior_step_op import LOWP, SEED, TOLERANCES, _assert_close
+from test_posterior_step_op import LOWP, SEED, SIMD_PATHS, TOLERANCES, _assert_close
 from test_rmmd_cotangent_op import _device
 
 _REASONS = ops.backend_reasons("renoise")
@@ -60,6 +60,19 @@ def test_non_contiguous_input(layout, backend):
     out = ops.renoise(x, alpha, sigma, SEED, 3, backend=backend)
     assert torch.equal(out, ops.renoise(x.contiguous(), alpha, sigma, SEED, 3, backend=backend))
     _check(out, x, alpha, sigma, SEED, 3, f"{backend} {layout}")
+
+
+@needs_cpu_op
+@pytest.mark.parametrize("simd", SIMD_PATHS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=str)
+def test_cpu_noise_paths_match_reference(dtype, simd, monkeypatch):
+    # Every CPU noise path (RMMD_CORE_CPU_SIMD); D = 59 and 429 reach each tail of the SIMD loops.
+    monkeypatch.setenv("RMMD_CORE_CPU_SIMD", simd)
+    for shape in [(3, 59), (4, 3, 11, 13)]:
+        x = torch.randn(shape).to(dtype)
+        alpha, sigma = _coefs(shape[0])
+        _check(ops.renoise(x, alpha, sigma, SEED, 2**32 - 40, backend="cpu"), x, alpha, sigma, SEED, 2**32 - 40,
+               f"cpu {simd} {shape} {dtype}")
 
 
 def test_reference_is_the_posterior_step_with_c_zero_and_shares_its_stream():

@@ -21,4 +21,8 @@ std::tuple<at::Tensor, at::Tensor> denoise_step_cpu_kernel(const at::Tensor& z_t
                                                            const at::Tensor& c, int64_t seed, int64_t offset,
                                                            bool want_x0);
 
+// The CPU noise path the kernels above take right now: "avx512", "avx2" or "scalar" (CPU features and the
+// RMMD_CORE_CPU_SIMD environment variable, read per call). For build_info / rmmd_core.info.
+const char* cpu_noise_path();
+
 }  // namespace rmmd
