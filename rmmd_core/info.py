@@ -4,7 +4,7 @@ Prints (house style "Dispatch"; the idea of ``python -m xformers.info``):
 
 * Python, torch and Triton versions; whether Triton runs compiled or in the interpreter;
 * the C++ extension: loaded or why not, CPU / CUDA kernels, OpenMP and ATen threads, and whether the CPU
-  noise path uses AVX2 + FMA on this machine, which ISA clone the element loops run and whether large
+  noise path is AVX-512, AVX2 or scalar on this machine, which ISA clone the element loops run and whether large
   outputs get huge pages (``rmmd_core::build_info``);
 * for every op the dispatcher knows (``rmmd_core.ops.dispatch._OPS``): each backend's availability on CPU
   tensors or the reasons it cannot run (``backend_reasons``), and what ``auto`` picks;
@@ -196,7 +196,8 @@ def format_report(facts: dict) -> str:
     if isinstance(ext, str):
         lines.append(f"  rmmd_core._C: {ext}")
     else:
-        noise = ("AVX2+FMA (8 lanes)" if ext.get("avx2_noise_used") == "1" else
+        path = ext.get("noise_path", "avx2" if ext.get("avx2_noise_used") == "1" else "scalar")
+        noise = ("AVX-512 (16 lanes)" if path == "avx512" else "AVX2+FMA (8 lanes)" if path == "avx2" else
                  "scalar: RMMD_CORE_CPU_SIMD=0" if ext.get("cpu_avx2_fma") == "1" and ext.get("avx2_path_compiled") == "1"
                  else "scalar: CPU lacks AVX2/FMA" if ext.get("avx2_path_compiled") == "1" else "scalar: not an x86-64 build")
         lines.append(f"  rmmd_core._C: {facts['extension_file']}")

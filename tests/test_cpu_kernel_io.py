@@ -127,7 +127,7 @@ _HUGE = 2 << 20
 
 @needs_cpu
 @needs_thp
-@pytest.mark.parametrize("op", ["rmmd_cotangent", "aux_loss"])
+@pytest.mark.parametrize("op", ["rmmd_cotangent", "aux_loss", "posterior_step"])
 def test_large_outputs_are_advised_huge_pages(op):
     """A 24 MB output: its 2 MiB-aligned interior is MADV_HUGEPAGE ("hg"); the values are still right."""
     g = torch.Generator().manual_seed(3)
@@ -136,9 +136,14 @@ def test_large_outputs_are_advised_huge_pages(op):
     if op == "rmmd_cotangent":
         out = ops.rmmd_cotangent(x0, a, b, None, None, w, backend="cpu")[0]
         ref = ops.rmmd_cotangent_ref(x0, a, b, None, None, w, 0.0, 0.0, 1.0)[0]
-    else:
+    elif op == "aux_loss":
         out = ops.aux_loss(a, x0, b, w, backend="cpu")[1]
         ref = ops.aux_loss_ref(a, x0, b, w)[1]
+    else:  # deterministic (gamma = 0) so the reference comparison is exact up to rounding
+        coef = torch.rand(3, generator=g, dtype=torch.float64)
+        zero = torch.zeros(3, dtype=torch.float64)
+        out = ops.posterior_step(x0, a, coef, coef + 0.5, zero, seed=1, offset=0, backend="cpu")
+        ref = ops.posterior_step_ref(x0, a, coef, coef + 0.5, zero, seed=1, offset=0)
     interior = (out.data_ptr() + _HUGE - 1) // _HUGE * _HUGE
     assert interior + _HUGE <= out.data_ptr() + out.nbytes
     assert "hg" in _vm_flags(interior)

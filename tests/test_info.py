@@ -33,10 +33,13 @@ def test_build_info_reports_the_cpu_noise_path(monkeypatch):
     ext = facts["extension"]
     assert isinstance(ext, dict), ext
     assert {"openmp", "aten_threads", "avx2_path_compiled", "cpu_avx2_fma", "avx2_noise_used", "isa_clones",
-            "isa_clone_used", "thp_outputs"} <= set(ext)
+            "isa_clone_used", "thp_outputs", "noise_path"} <= set(ext)
     assert ext["isa_clone_used"] in ("x86-64-v4", "x86-64-v3", "default", "none")
+    assert ext["noise_path"] in ("avx512", "avx2", "scalar")
     monkeypatch.setenv("RMMD_CORE_CPU_SIMD", "0")
-    assert info.collect(run_self_test=False)["extension"]["avx2_noise_used"] == "0"
+    forced = info.collect(run_self_test=False)["extension"]
+    assert forced["avx2_noise_used"] == "0" and forced["noise_path"] == "scalar"
+    assert "CPU noise path: scalar" in info.format_report(info.collect(run_self_test=False))
 
 
 def test_every_dispatched_op_has_a_self_test():

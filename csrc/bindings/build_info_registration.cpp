@@ -10,6 +10,7 @@
 
 #include "../cpu/fresh_output.h"
 #include "../cpu/isa_clones.h"
+#include "../cpu/posterior_step_cpu.h"  // cpu_noise_path
 #include "../cpu/randn_simd.h"
 
 namespace rmmd {
@@ -25,8 +26,8 @@ std::string build_info() {
   const bool avx2_path = false;
   const bool cpu_avx2 = false;
 #endif
-  const char* env = std::getenv("RMMD_CORE_CPU_SIMD");
-  const bool simd_disabled = env != nullptr && std::strcmp(env, "0") == 0;
+  // The noise path the CPU kernels take now (RMMD_CORE_CPU_SIMD and the CPU): avx512, avx2 or scalar.
+  const std::string noise_path = cpu_noise_path();
 #if defined(_OPENMP)
   out << "openmp=" << _OPENMP;
 #else
@@ -34,7 +35,7 @@ std::string build_info() {
 #endif
   out << " aten_threads=" << at::get_num_threads();
   out << " avx2_path_compiled=" << avx2_path << " cpu_avx2_fma=" << cpu_avx2
-      << " avx2_noise_used=" << (avx2_path && cpu_avx2 && !simd_disabled);
+      << " avx2_noise_used=" << (noise_path != "scalar") << " noise_path=" << noise_path;
   // Which clone of the RMMD_ISA_CLONES loops the load-time resolver picks here (isa_clones.h).
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__)) && !defined(RMMD_NO_ISA_CLONES)
   __builtin_cpu_init();

@@ -15,7 +15,7 @@ namespace {
 
 constexpr std::uintptr_t kHugePage = std::uintptr_t{2} << 20;
 // Below this an output is either reused heap memory or a few faults: not worth a syscall.
-constexpr std::size_t kThpMinBytes = std::size_t{8} << 20;
+constexpr std::size_t kThpMinBytes = std::size_t{4} << 20;
 
 void advise_huge_pages(void* data, std::size_t nbytes) {
 #if defined(__linux__) && defined(MADV_HUGEPAGE)

@@ -34,11 +34,8 @@
 #include <cstring>
 #include <type_traits>
 
-#if defined(__linux__)
-#include <sys/mman.h>
-#endif
-
 #include "../common/philox.h"
+#include "fresh_output.h"
 #include "noise_step_simd.h"
 #include "randn_simd.h"
 
@@ -223,38 +220,12 @@ void affine_step(const at::Tensor& z_t, const at::Tensor& x_hat, const at::Tenso
   });
 }
 
-// Large outputs: ask Linux for transparent huge pages on the 2 MiB-aligned interior before the first write.
-// Allocations this big are usually fresh mmaps (glibc's mmap threshold tops out at 32 MiB), so every call
-// pays one page fault plus kernel zeroing per 4 KiB of output: measured at 16M float32 elements (64 MiB),
-// that was ~60 ms of a 107 ms posterior_step on one thread, more than the noise itself; with 2 MiB pages it
-// drops by ~4x. (PyTorch's THP_MEM_ALLOC_ENABLE=1 does the same for every allocation; this does it for
-// our outputs only.) With THP "never" or on reused, already-mapped memory it is a harmless no-op.
-void advise_huge_pages(const at::Tensor& t) {
-#if defined(__linux__) && defined(MADV_HUGEPAGE)
-  constexpr uintptr_t kHuge = uintptr_t(2) << 20;
-  const uintptr_t start = reinterpret_cast<uintptr_t>(t.data_ptr());
-  if (t.nbytes() < 2 * kHuge) return;
-  const uintptr_t begin = (start + kHuge - 1) & ~(kHuge - 1);
-  const uintptr_t end = (start + t.nbytes()) & ~(kHuge - 1);
-  if (end > begin) (void)madvise(reinterpret_cast<void*>(begin), end - begin, MADV_HUGEPAGE);
-#else
-  (void)t;
-#endif
-}
-
-at::Tensor new_output(const at::Tensor& like) {
-  // Always a fresh contiguous tensor of like's shape, as the fake kernels promise.
-  at::Tensor out = at::empty(like.sizes(), like.options().memory_format(at::MemoryFormat::Contiguous));
-  advise_huge_pages(out);
-  return out;
-}
-
 }  // namespace
 
 at::Tensor posterior_step_cpu_kernel(const at::Tensor& z_t, const at::Tensor& x_hat, const at::Tensor& A,
                                      const at::Tensor& C, const at::Tensor& gamma, int64_t seed,
                                      int64_t offset) {
-  at::Tensor out = new_output(z_t);
+  at::Tensor out = empty_output_like(z_t);
   affine_step(z_t, x_hat, A, C, gamma, seed, offset, out, nullptr, nullptr, nullptr);
   return out;
 }
@@ -275,12 +246,12 @@ std::tuple<at::Tensor, at::Tensor> denoise_step_cpu_kernel(const at::Tensor& z_t
                                                            const at::Tensor& gamma, const at::Tensor& a,
                                                            const at::Tensor& c, int64_t seed, int64_t offset,
                                                            bool want_x0) {
-  at::Tensor z_s = new_output(z_t);
+  at::Tensor z_s = empty_output_like(z_t);
   if (!want_x0) {
     affine_step(z_t, net_out, P, Q, gamma, seed, offset, z_s, nullptr, nullptr, nullptr);
     return {z_s, at::empty({0}, z_t.options())};
   }
-  at::Tensor x0 = new_output(z_t);
+  at::Tensor x0 = empty_output_like(z_t);
   affine_step(z_t, net_out, P, Q, gamma, seed, offset, z_s, &a, &c, &x0);
   return {z_s, x0};
 }
