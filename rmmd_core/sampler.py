@@ -77,15 +77,30 @@ def unchecked_posterior_coefficients(schedule: Schedule, t: torch.Tensor, s: tor
     device->host read of the times."""
     final = s <= 0
     s_safe = torch.where(final, t, s)
-    a_t, sg_t, lam_t = schedule.alpha_sigma_log_snr(t)
-    a_s, sg_s, lam_s = schedule.alpha_sigma_log_snr(s_safe)
+    A, C, gamma = _coefficients_from(schedule.alpha_sigma_log_snr(t), schedule.alpha_sigma_log_snr(s_safe), eta)
+    one, zero = torch.ones_like(A), torch.zeros_like(A)
+    return torch.where(final, zero, A), torch.where(final, one, C), torch.where(final, zero, gamma)
+
+
+def positive_posterior_coefficients(schedule: Schedule, t: torch.Tensor, s: torch.Tensor, eta: float):
+    """:func:`unchecked_posterior_coefficients` when also every ``s > 0`` is guaranteed (``losses`` clamps
+    s to at least 1e-4): no s = 0 branch, and the schedule values come through the iteration's memo
+    (:mod:`rmmd_core.schedule_memo`), shared with the network calls at the same t and s. The same values:
+    at s > 0 the s = 0 branch selects nothing and ``s_safe`` is ``s``."""
+    from .schedule_memo import alpha_sigma_log_snr
+    return _coefficients_from(alpha_sigma_log_snr(schedule, t), alpha_sigma_log_snr(schedule, s), eta)
+
+
+def _coefficients_from(at, as_, eta: float):
+    """(A, C, gamma) from ``(alpha, sigma, lambda)`` at t and at s > 0 (method.md §a.4)."""
+    a_t, sg_t, lam_t = at
+    a_s, sg_s, lam_s = as_
     var_ts = -(sg_t ** 2) * torch.expm1(lam_t - lam_s)
     var_ts = var_ts.clamp_min(0)
     gamma = eta * sg_s * var_ts.sqrt() / sg_t
     A = (sg_s ** 2 - gamma ** 2).clamp_min(0).sqrt() / sg_t
     C = a_s - A * a_t
-    one, zero = torch.ones_like(A), torch.zeros_like(A)
-    return torch.where(final, zero, A), torch.where(final, one, C), torch.where(final, zero, gamma)
+    return A, C, gamma
 
 
 def _coefficients(schedule, t, s, eta, given, batch: int):

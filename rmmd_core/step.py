@@ -24,8 +24,9 @@ import torch
 from . import ops
 from .denoiser import Cond, batch_of, check_cond_batch, repeat_cond
 from .engine import RMMD, apply_update, backward_checks
-from .sampler import (RolloutPlan, can_fuse, check_eta, posterior_step, prior_sample, read_seeds, rollout_plan,
-                      run_rollout, seed_tensor, time_grid, unchecked_posterior_coefficients)
+from .sampler import (RolloutPlan, can_fuse, check_eta, positive_posterior_coefficients, posterior_step, prior_sample,
+                      read_seeds, rollout_plan, run_rollout, seed_tensor, time_grid)
+from .schedule_memo import iteration_memo, schedule_call
 
 
 @dataclass
@@ -310,7 +311,7 @@ def _losses(engine: RMMD, data: torch.Tensor | None = None, cond: Cond = None, *
         if source != "data" and can_fuse(student):  # the rollout's steps ran as fused denoise_step calls
             fused_ops["denoise_step"] = (z,)              # (else as posterior_step, reported below anyway)
         if source != "discrete":  # forward (re-)noise of the clean / rolled-out sample, fused K2 op
-            a_t, sg_t = sch.alpha_sigma(t)
+            a_t, sg_t = schedule_call(sch, "alpha_sigma", t)
             z_t = ops.renoise(x, a_t.to(device), sg_t.to(device), seeds[-2], 0, backend=engine.backend)
             fused_ops["renoise"] = (x,)
 
@@ -325,7 +326,7 @@ def _losses(engine: RMMD, data: torch.Tensor | None = None, cond: Cond = None, *
         # s <= t by construction (t = max(t, s) above): the coefficients skip posterior_coefficients'
         # validation, which reads the times back to the host
         z_s = posterior_step(sch, z_t, x0d, t, s, cfg.eta, g, engine.backend,
-                             coefficients=unchecked_posterior_coefficients(sch, t, s, check_eta(cfg.eta)),
+                             coefficients=positive_posterior_coefficients(sch, t, s, check_eta(cfg.eta)),
                              seed=seeds[-1])
         # 4. reference moment and anchor (frozen networks, no graph)
         if cfg.reference == "teacher":
@@ -418,7 +419,8 @@ def read_scalars(tensors: dict) -> dict:
     tensor is a sync). ``cat`` promotes float32 / bool values to float64 exactly before the read."""
     if not tensors:
         return {}
-    flat = torch.cat([v.detach().reshape(1) for v in tensors.values()]).to(torch.float64)
+    with torch.no_grad():  # no graph, so no detach per value
+        flat = torch.cat([v.reshape(1) for v in tensors.values()]).to(torch.float64)
     return dict(zip(tensors, flat.tolist()))
 
 
@@ -442,8 +444,9 @@ def losses(engine: RMMD, data: torch.Tensor | None = None, cond: Cond = None, *,
             next state of :class:`~rmmd_core.rewards.CRPSReward`, batch B). Unlike ``cond`` they never
             reach a network, so a reward may see the answer without the student seeing it.
     """
-    out, scalars = _losses(engine, data, cond, batch_size=batch_size, generator=generator,
-                           return_intermediates=return_intermediates, reward_kwargs=reward_kwargs)
+    with iteration_memo():
+        out, scalars = _losses(engine, data, cond, batch_size=batch_size, generator=generator,
+                               return_intermediates=return_intermediates, reward_kwargs=reward_kwargs)
     out.metrics.update(read_scalars(scalars))
     return out
 
@@ -470,8 +473,9 @@ def step(engine: RMMD, data: torch.Tensor | None = None, cond: Cond = None, *, b
     ``crps_fair`` for the built-in rewards, ``ema_update`` on iterations that update the EMA). Built-in
     rewards without a ``backend`` of their own run on the engine's backend.
     """
-    out, scalars = _losses(engine, data, cond, batch_size=batch_size, generator=generator,
-                           reward_kwargs=reward_kwargs)
+    with iteration_memo():  # schedule values shared between the calls at the same t / s (schedule_memo)
+        out, scalars = _losses(engine, data, cond, batch_size=batch_size, generator=generator,
+                               reward_kwargs=reward_kwargs)
     m = out.metrics
     clip = engine.config.grad_clip
     # The auxiliary first: its backward frees its graph before the student's backward runs, so with an

@@ -23,11 +23,13 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from rmmd_core import RMMD, Denoiser, DiscreteVP, RMMDConfig, step
 
-# ATen ops per step of the stand-in (counted with TorchDispatchMode, 1 step after a warm-up step; optimiser
-# and backward included). Measured on 2026-11-26 after the issue-7 work: default 347, off-policy 302,
-# discrete (K=4) 294, rmmd (grayscale reward + anchor) 420 -- before it: 433 / 318 / 309 / 490 with
-# 14 / 13 / 13 / 14 host reads. The bounds leave ~10% headroom: a regression guard, not a target.
-OP_BOUNDS = {"default": 385, "off-policy": 335, "discrete": 325, "rmmd": 465}
+# ATen ops per step of the stand-in (counted with TorchDispatchMode on the step after the warm-up; backward,
+# optimiser and EMA included). Measured 2026-11-26 after the issue-7 work: default 318, off-policy 266,
+# discrete (K = 4, this seed's i*) 271, rmmd (grayscale reward + anchor) 360, and 548 for the default with
+# K = 6. The package before it (cbd4f06), same counter: 438 / 318 / - / 502 ops (its discrete count is
+# not comparable: it stops at another i*) and 12 / 10 / 15 / 12 host reads (17 with K = 6). The bounds
+# leave ~10% headroom: a regression guard, not a target.
+OP_BOUNDS = {"default": 350, "off-policy": 295, "discrete": 300, "rmmd": 400}
 SYNC_BOUNDS = {"default": 2, "off-policy": 2, "discrete": 3, "rmmd": 2}
 
 
@@ -78,7 +80,7 @@ def count_step(mode: str, monkeypatch, num_steps: int = 1) -> Counter:
     # warm-up: optimiser state, cached parameter lists and rollout plans (the discrete variant has one per
     # stop index i* in 1..K, made the first time that i* is drawn)
     step(eng, **kw)
-    while mode == "discrete" and len(eng._rollout_plans) < 4 and eng.iteration < 100:
+    while mode == "discrete" and len(getattr(eng, "_rollout_plans", ())) < 4 and eng.iteration < 100:
         step(eng, **kw)
     plans = dict(eng._rollout_plans) if hasattr(eng, "_rollout_plans") else {}
     c = Counter()
@@ -127,7 +129,6 @@ def test_host_reads_do_not_grow_with_steps(monkeypatch):
 def test_aten_ops_per_step_bounded(mode, monkeypatch):
     c = count_step(mode, monkeypatch)
     total = sum(c.ops.values())
-    print(mode, total, c.reads)
     assert total <= OP_BOUNDS[mode], (mode, total, c.ops.most_common(15))
     assert c.ops["mul"] >= 1  # the stand-in networks ran under the counter
 
