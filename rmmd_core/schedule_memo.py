@@ -8,8 +8,8 @@ which returns the stored result for a time tensor it has seen: the *same tensor 
 value: no device->host read) at the same version (no in-place change since), for an equal schedule
 (same class, scalar parameters and, for :class:`~rmmd_core.schedules.DiscreteVP`, table), so the
 student's, teacher's and auxiliary's copies of one schedule share entries. The values are those of
-the direct call, bit for bit. Outside the context (and for tensors that require grad, or while
-torch.compile traces) every call goes straight to the schedule.
+the direct call, bit for bit. Outside the context (and for tensors that require grad, inference
+tensors, or while torch.compile traces) every call goes straight to the schedule.
 """
 from __future__ import annotations
 
@@ -42,8 +42,8 @@ def _fingerprint(schedule: Schedule):
 def schedule_call(schedule: Schedule, method: str, t):
     """``getattr(schedule, method)(t)``, memoised inside :func:`iteration_memo` (see the module doc)."""
     memo = _MEMO.get()
-    if (memo is None or not isinstance(t, torch.Tensor) or t.requires_grad
-            or torch.compiler.is_compiling()):
+    if (memo is None or not isinstance(t, torch.Tensor) or t.requires_grad or t.is_inference()
+            or torch.compiler.is_compiling()):  # inference tensors have no version counter
         return getattr(schedule, method)(t)
     key = (id(t), t._version, method, _fingerprint(schedule))
     hit = memo.get(key)

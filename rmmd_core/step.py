@@ -392,7 +392,7 @@ def _losses(engine: RMMD, data: torch.Tensor | None = None, cond: Cond = None, *
     metrics = {
         "phase": engine.phase,
         "state_source": source,
-        # the scalar metrics' slots, in this order; filled by _fill_scalars from one host read
+        # the scalar metrics' slots, in this order; filled from one host read (read_scalars)
         "mm_surrogate": None, "reward_mean": nan, "anchor_l2": nan, "student_loss": None, "aux_loss": None,
         "cot_norm_mm": None, "cot_norm_reward": 0.0, "cot_norm_anchor": 0.0, "t_mean": None, "s_mean": None,
         "nfe": nfe,

@@ -145,3 +145,29 @@ def test_counter_sees_every_kind_of_read(monkeypatch):
         float(x[2])
         x.tolist()
     assert c.reads == 4
+
+
+def test_schedule_memo_is_exact_and_keyed_on_identity_and_version():
+    """Inside iteration_memo: equal schedules share entries for the same time tensor; a new tensor with
+    the same values, an in-place change, or leaving the context evaluates again; values are bit-identical."""
+    from rmmd_core.schedule_memo import alpha_sigma_log_snr, iteration_memo, schedule_call
+    a, b = (DiscreteVP.from_diffusers_config(num_train_timesteps=1000) for _ in range(2))
+    other = DiscreteVP.from_diffusers_config(num_train_timesteps=1000, beta_end=0.03)
+    t = torch.rand(7, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    direct = a.alpha_sigma(t)
+    with iteration_memo():
+        first = schedule_call(a, "alpha_sigma", t)
+        assert schedule_call(b, "alpha_sigma", t) is first  # an equal copy shares the entry
+        assert schedule_call(other, "alpha_sigma", t) is not first  # a different table does not
+        assert schedule_call(a, "alpha_sigma", t.clone()) is not first  # identity, not value
+        for x, y in zip(first, direct):
+            assert torch.equal(x, y)
+        for x, y in zip(alpha_sigma_log_snr(a, t), a.alpha_sigma_log_snr(t)):
+            assert torch.equal(x, y)
+        t.mul_(0.5)  # in place: the version changes, so the entry is not reused
+        again = schedule_call(a, "alpha_sigma", t)
+        assert again is not first and torch.equal(again[0], a.alpha_sigma(t)[0])
+        with torch.inference_mode():
+            ti = torch.rand(3, dtype=torch.float64)
+            assert torch.equal(schedule_call(a, "alpha_sigma", ti)[0], a.alpha_sigma(ti)[0])
+    assert schedule_call(a, "alpha_sigma", t) is not again  # outside the context: no memo
