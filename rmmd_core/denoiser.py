@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from .parameterization import check_prediction, edm_preconditioning, to_x0, x0_coefficients
+from .schedule_memo import schedule_call
 from .schedules import DiscreteVP, Schedule, get_schedule
 
 TIME_INPUTS = ("t", "index", "sigma", "c_noise", "log_snr")
@@ -163,13 +164,14 @@ class Denoiser(nn.Module):
         if ti == "t":
             return t
         if ti == "index":
-            u = sch.index(t) if isinstance(sch, DiscreteVP) else sch_clamp(sch, t) * (self.num_train_timesteps - 1)
+            u = (schedule_call(sch, "index", t) if isinstance(sch, DiscreteVP)
+                 else sch_clamp(sch, t) * (self.num_train_timesteps - 1))
             return u.round() if self.round_index else u
         if ti == "sigma":
-            return sch.sigma_ve(t)
+            return schedule_call(sch, "sigma_ve", t)
         if ti == "c_noise":
-            return sch.sigma_ve(t).log() / 4
-        return sch.log_snr(t)  # 'log_snr'
+            return schedule_call(sch, "sigma_ve", t).log() / 4
+        return schedule_call(sch, "log_snr", t)  # 'log_snr'
 
     def _call_net(self, z_in: torch.Tensor, t_in: torch.Tensor, cond: Cond) -> torch.Tensor:
         if self.autocast is not None:
@@ -235,7 +237,7 @@ class Denoiser(nn.Module):
             raise ValueError(f"guidance_scale must be >= 0, got {w}")
 
         view = (B,) + (1,) * (z.dim() - 1)
-        alpha, sigma = self.schedule.alpha_sigma(t)
+        alpha, sigma = schedule_call(self.schedule, "alpha_sigma", t)  # memoised within an engine iteration
         extra = {}
         if self.prediction == "edm":
             c_in, _, _, _ = edm_preconditioning(alpha, sigma, self.schedule.sigma_data)

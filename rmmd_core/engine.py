@@ -265,6 +265,57 @@ def apply_update(loss: torch.Tensor, module: torch.nn.Module, optimizer: torch.o
     return finish_update(module, optimizer, grad_clip)
 
 
+class UpdateChecks:
+    """What :func:`backward_checks` leaves on the device for one module: ``tensors`` (``finite``: the loss
+    is finite; ``norm``: the global gradient norm; ``coef``: clip_grads_with_norm_'s coefficient
+    ``grad_clip / (norm + 1e-6)``), to be read by the caller (with anything else) and passed to
+    :meth:`finish` as floats. Single-process only (no cross-rank agreement)."""
+
+    def __init__(self, module, optimizer, grad_clip, params, total, tensors):
+        self.module, self.optimizer, self.grad_clip = module, optimizer, grad_clip
+        self.params, self.total, self.tensors = params, total, tensors
+
+    def finish(self, values: dict) -> tuple[float, bool]:
+        """Clip and step as :func:`finish_update` would, from the read ``values``; ``(grad_norm, skipped)``."""
+        if not values["finite"]:  # as apply_update: a non-finite loss skips with grad_norm = nan
+            self.optimizer.zero_grad(set_to_none=True)
+            return float("nan"), True
+        norm = values.get("norm", 0.0)
+        if self.params and self.grad_clip is not None and math.isfinite(norm):
+            sharded = hasattr(self.total, "full_tensor")
+            if sharded or values["coef"] < 1.0:
+                torch.nn.utils.clip_grads_with_norm_(self.params, self.grad_clip, self.total, None)
+        if not math.isfinite(norm):
+            self.optimizer.zero_grad(set_to_none=True)
+            return norm, True
+        self.optimizer.step()
+        return norm, False
+
+
+def backward_checks(loss: torch.Tensor, module: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                    grad_clip: float | None) -> UpdateChecks:
+    """:func:`apply_update` without its host reads: zero the gradients, backward, and leave the finite
+    check, the gradient norm and the clip coefficient on the device (:class:`UpdateChecks`).
+
+    Unlike :func:`apply_update` the backward runs before the loss is known to be finite (a non-finite
+    loss's gradients are then dropped by :meth:`UpdateChecks.finish`), so one read can serve several
+    modules; the resulting weights, optimiser state and returned numbers are the same. Single process
+    only: under DDP / FSDP the ranks must agree on skipping before the backward (use apply_update)."""
+    optimizer.zero_grad(set_to_none=True)
+    tensors = {"finite": torch.isfinite(loss.detach()).all()}
+    loss.backward()
+    params = grads_of(module)
+    total = None
+    if params:
+        total = torch.nn.utils.get_total_norm([p.grad for p in params], 2.0, False, None)
+        sharded = hasattr(total, "full_tensor")  # FSDP2: a DTensor holding the (already global) norm
+        tensors["norm"] = total.full_tensor() if sharded else total
+        if grad_clip is not None and not sharded:  # sharded gradients are always clipped (finish_update)
+            # the same float32 coefficient clip_grads_with_norm_ computes (so the decision is exact)
+            tensors["coef"] = float(grad_clip) / (total + 1e-6)
+    return UpdateChecks(module, optimizer, grad_clip, params, total, tensors)
+
+
 def discard_backward(loss: torch.Tensor, module: torch.nn.Module) -> None:
     """For a skipped update of a DDP/FSDP-wrapped module: run the backward anyway, gradients discarded.
 

@@ -68,17 +68,39 @@ def posterior_coefficients(schedule: Schedule, t: torch.Tensor, s: torch.Tensor,
         t, s = torch.broadcast_tensors(t, s)
     if bool((s > t + 1e-12).any()):
         raise ValueError("posterior step needs s <= t for every sample")
+    return unchecked_posterior_coefficients(schedule, t, s, eta)
+
+
+def unchecked_posterior_coefficients(schedule: Schedule, t: torch.Tensor, s: torch.Tensor, eta: float):
+    """:func:`posterior_coefficients` for float64 ``t, s`` of one shape, ``s <= t`` and ``eta`` in [0, 1]
+    already guaranteed by the caller (``losses`` builds ``t = max(t, s)``): no validation, so no
+    device->host read of the times."""
     final = s <= 0
     s_safe = torch.where(final, t, s)
-    a_t, sg_t, lam_t = schedule.alpha_sigma_log_snr(t)
-    a_s, sg_s, lam_s = schedule.alpha_sigma_log_snr(s_safe)
+    A, C, gamma = _coefficients_from(schedule.alpha_sigma_log_snr(t), schedule.alpha_sigma_log_snr(s_safe), eta)
+    one, zero = torch.ones_like(A), torch.zeros_like(A)
+    return torch.where(final, zero, A), torch.where(final, one, C), torch.where(final, zero, gamma)
+
+
+def positive_posterior_coefficients(schedule: Schedule, t: torch.Tensor, s: torch.Tensor, eta: float):
+    """:func:`unchecked_posterior_coefficients` when also every ``s > 0`` is guaranteed (``losses`` clamps
+    s to at least 1e-4): no s = 0 branch, and the schedule values come through the iteration's memo
+    (:mod:`rmmd_core.schedule_memo`), shared with the network calls at the same t and s. The same values:
+    at s > 0 the s = 0 branch selects nothing and ``s_safe`` is ``s``."""
+    from .schedule_memo import alpha_sigma_log_snr
+    return _coefficients_from(alpha_sigma_log_snr(schedule, t), alpha_sigma_log_snr(schedule, s), eta)
+
+
+def _coefficients_from(at, as_, eta: float):
+    """(A, C, gamma) from ``(alpha, sigma, lambda)`` at t and at s > 0 (method.md §a.4)."""
+    a_t, sg_t, lam_t = at
+    a_s, sg_s, lam_s = as_
     var_ts = -(sg_t ** 2) * torch.expm1(lam_t - lam_s)
     var_ts = var_ts.clamp_min(0)
     gamma = eta * sg_s * var_ts.sqrt() / sg_t
     A = (sg_s ** 2 - gamma ** 2).clamp_min(0).sqrt() / sg_t
     C = a_s - A * a_t
-    one, zero = torch.ones_like(A), torch.zeros_like(A)
-    return torch.where(final, zero, A), torch.where(final, one, C), torch.where(final, zero, gamma)
+    return A, C, gamma
 
 
 def _coefficients(schedule, t, s, eta, given, batch: int):
@@ -89,36 +111,54 @@ def _coefficients(schedule, t, s, eta, given, batch: int):
 
 def draw_seed(generator: torch.Generator | None) -> int:
     """A fresh 62-bit Philox seed from ``generator`` (torch's global RNG when None)."""
-    return int(torch.randint(0, 2 ** 62, (1,), generator=generator, dtype=torch.int64).item())
+    return int(seed_tensor(generator).item())
+
+
+def seed_tensor(generator: torch.Generator | None) -> torch.Tensor:
+    """The ``(1,)`` int64 tensor :func:`draw_seed` reads, on the generator's device. Drawing several of
+    these in :func:`draw_seed`'s order and reading them together (:func:`read_seeds`) gives the same
+    seeds with one device->host copy instead of one per seed."""
+    return torch.randint(0, 2 ** 62, (1,), generator=generator, dtype=torch.int64)
+
+
+def read_seeds(tensors: list[torch.Tensor]) -> list[int]:
+    """The seeds held by :func:`seed_tensor` outputs, in order, in one device->host copy."""
+    if not tensors:
+        return []
+    return (torch.cat(tensors) if len(tensors) > 1 else tensors[0]).tolist()
 
 
 def posterior_step(schedule: Schedule, z_t: torch.Tensor, x_hat: torch.Tensor, t: torch.Tensor,
                    s: torch.Tensor, eta: float = 1.0, generator: torch.Generator | None = None,
-                   backend: str | None = None, coefficients=None) -> torch.Tensor:
+                   backend: str | None = None, coefficients=None, seed: int | None = None) -> torch.Tensor:
     """One posterior / DDIM(eta) step ``z_t -> z_s`` for per-sample times ``t, s`` of shape (B,).
 
     ``coefficients``: ``(A, C, gamma)`` already computed by :func:`posterior_coefficients` for these
-    ``t, s, eta`` (broadcastable to (B,)); a rollout computes all K steps' at once instead of per step."""
+    ``t, s, eta`` (broadcastable to (B,)); a rollout computes all K steps' at once instead of per step.
+    ``seed``: the Philox seed when the caller drew it already (:func:`read_seeds`); else one is drawn
+    from ``generator``."""
     A, C, gamma = _coefficients(schedule, t, s, eta, coefficients, z_t.shape[0])
     dev = z_t.device
-    return ops.posterior_step(z_t, x_hat, A.to(dev), C.to(dev), gamma.to(dev), draw_seed(generator), 0,
-                              backend=backend)
+    seed = draw_seed(generator) if seed is None else seed
+    return ops.posterior_step(z_t, x_hat, A.to(dev), C.to(dev), gamma.to(dev), seed, 0, backend=backend)
 
 
 def denoise_step(schedule: Schedule, z_t: torch.Tensor, net_out: torch.Tensor, a: torch.Tensor, c: torch.Tensor,
                  t: torch.Tensor, s: torch.Tensor, eta: float = 1.0, generator: torch.Generator | None = None,
-                 backend: str | None = None, want_x0: bool = False, coefficients=None, final: bool | None = None):
+                 backend: str | None = None, want_x0: bool = False, coefficients=None, final: bool | None = None,
+                 seed: int | None = None):
     """:func:`posterior_step` from the raw network output ``F`` with ``x̂ = a z_t + c F`` (per-sample (B,)
     a, c, e.g. from ``Denoiser.affine_output``), in one fused pass. Draws one seed from ``generator``,
     as :func:`posterior_step` does, except for steps into s = 0, which draw none (the unfused rollout
     returns x̂ there). Returns z_s, or ``(z_s, x̂)`` with ``want_x0``. ``coefficients``: as in
     :func:`posterior_step`. ``final``: whether every ``s`` is 0, when the caller already knows (a rollout
-    does, from its grid), saving a device->host read."""
+    does, from its grid), saving a device->host read. ``seed``: as in :func:`posterior_step` (ignored for
+    final steps)."""
     A, C, gamma = _coefficients(schedule, t, s, eta, coefficients, z_t.shape[0])
     dev = z_t.device
     if final is None:
         final = bool((torch.as_tensor(s) <= 0).all())
-    seed = 0 if final else draw_seed(generator)
+    seed = 0 if final else draw_seed(generator) if seed is None else seed
     return ops.denoise_step(z_t, net_out, a.to(dev), c.to(dev), A.to(dev), C.to(dev), gamma.to(dev), seed, 0,
                             want_x0=want_x0, backend=backend)
 
@@ -171,33 +211,69 @@ def rollout(denoiser: Denoiser, z: torch.Tensor, grid: torch.Tensor, cond: Cond 
     K = grid.numel() - 1
     if not 0 <= stop_index <= K:
         raise ValueError(f"stop_index must be in [0, {K}], got {stop_index}")
+    plan = rollout_plan(denoiser.schedule, grid, eta, K - stop_index, z.device)
+    return run_rollout(denoiser, z, plan, cond, guidance_scale=guidance_scale, generator=generator, backend=backend,
+                       trajectory=trajectory, fused=fused)
+
+
+@dataclass(frozen=True)
+class RolloutPlan:
+    """What a rollout of ``steps`` steps down a grid needs besides the network (grid-only, so a trainer
+    can keep it between iterations): ``eta``; ``grid`` the first ``steps + 1`` grid points on the samples'
+    device (float64); ``ends`` the step targets as Python floats; ``coefficients`` every step's
+    ``(A, C, gamma)`` as ``(steps,)`` float64 tensors on that device (empty tuple for 0 steps)."""
+    eta: float
+    grid: torch.Tensor
+    ends: tuple
+    coefficients: tuple
+
+    @property
+    def seeds_needed(self) -> int:
+        """Philox seeds the rollout draws: one per step that does not end at s = 0."""
+        return sum(1 for e in self.ends if e > 0.0)
+
+
+def rollout_plan(schedule: Schedule, grid: torch.Tensor, eta: float, steps: int, device) -> RolloutPlan:
+    """The :class:`RolloutPlan` of the first ``steps`` steps of the decreasing ``grid`` (see :func:`rollout`)."""
+    # Every step's (A, C, gamma) in one float64 call (they depend on the grid only), not K calls.
+    coefs = (tuple(c.to(device) for c in posterior_coefficients(schedule, grid[:steps], grid[1:steps + 1], eta))
+             if steps else ())
+    ends = tuple(grid[1:steps + 1].tolist())  # the step targets as Python floats: one read, not two per step
+    return RolloutPlan(check_eta(eta), grid[:steps + 1].to(device), ends, coefs)
+
+
+def run_rollout(denoiser: Denoiser, z: torch.Tensor, plan: RolloutPlan, cond: Cond = None, *,
+                guidance_scale: float | None = None, generator: torch.Generator | None = None,
+                backend: str | None = None, trajectory: list | None = None, fused: bool = True,
+                seeds: list[int] | None = None):
+    """:func:`rollout` with its :class:`RolloutPlan` already made. ``seeds``: the ``plan.seeds_needed``
+    Philox seeds already drawn from ``generator`` (:func:`read_seeds`), else they are drawn per step."""
     fused = fused and can_fuse(denoiser)
     B, x_hat, calls = z.shape[0], None, 0
-    steps = K - stop_index
-    # Every step's (A, C, gamma) in one float64 call (they depend on the grid only), not K calls.
-    coefs = ([c.to(z.device) for c in posterior_coefficients(denoiser.schedule, grid[:steps], grid[1:steps + 1],
-                                                              eta)] if steps else [])
-    grid_dev = grid.to(z.device)
-    ends = grid[1:steps + 1].tolist()  # the step targets as Python floats: one read, not two per step
+    eta, grid_dev, ends, coefs = plan.eta, plan.grid, plan.ends, plan.coefficients
+    steps = len(ends)
+    seed_iter = iter(seeds) if seeds is not None else None
     for j in range(steps):
         t = grid_dev[j].expand(B)
         s = grid_dev[j + 1].expand(B)
         coef_j = tuple(c[j] for c in coefs)
         to_zero = ends[j] <= 0.0
+        seed = next(seed_iter) if seed_iter is not None and not to_zero else None
         calls += 1
         if fused:
             net_out, a, c = denoiser.affine_output(z, t, cond, guidance_scale=guidance_scale)
             # x̂ is written only where it is returned: the last step (into s = 0 it *is* z_s).
             want_x0 = j == steps - 1 and not to_zero
             res = denoise_step(denoiser.schedule, z, net_out, a, c, t, s, eta, generator, backend, want_x0=want_x0,
-                               coefficients=coef_j, final=to_zero)
+                               coefficients=coef_j, final=to_zero, seed=seed)
             z, x_hat = res if want_x0 else (res, res if to_zero else None)
         else:
             x_hat = denoiser(z, t, cond, guidance_scale=guidance_scale)
             if to_zero:
                 z = x_hat
             else:
-                z = posterior_step(denoiser.schedule, z, x_hat, t, s, eta, generator, backend, coefficients=coef_j)
+                z = posterior_step(denoiser.schedule, z, x_hat, t, s, eta, generator, backend, coefficients=coef_j,
+                                   seed=seed)
         if trajectory is not None:
             trajectory.append(z)
     return z, x_hat, calls

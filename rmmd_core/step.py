@@ -23,8 +23,10 @@ import torch
 
 from . import ops
 from .denoiser import Cond, batch_of, check_cond_batch, repeat_cond
-from .engine import RMMD, apply_update
-from .sampler import can_fuse, draw_seed, posterior_step, prior_sample, rollout, time_grid
+from .engine import RMMD, apply_update, backward_checks
+from .sampler import (RolloutPlan, can_fuse, check_eta, positive_posterior_coefficients, posterior_step, prior_sample,
+                      read_seeds, rollout_plan, run_rollout, seed_tensor, time_grid)
+from .schedule_memo import iteration_memo, schedule_call
 
 
 @dataclass
@@ -177,6 +179,25 @@ def _sample_times(n: int, K: int, gap: str, generator, device):
     return s, (s + delta).clamp_max(1.0)
 
 
+def _rollout_plan(engine: RMMD, sch, K: int, steps: int, device) -> RolloutPlan:
+    """The student rollout's grid, coefficients and step targets for this config, cached on the engine
+    (they depend on the schedule and the config only; recomputing them was ~100 small float64 ops and a
+    host read of the grid per iteration). Keyed on everything they depend on, the schedule by identity
+    and its scalar parameters (not repr: DiscreteVP's reads its table), so a config change
+    (``start_phase2``) or a swapped schedule makes a new plan."""
+    cfg = engine.config
+    key = (id(sch), tuple(sch._params().items()), K, cfg.grid, float(cfg.rho), float(cfg.eta), steps, str(device))
+    cache = engine.__dict__.setdefault("_rollout_plans", {})
+    hit = cache.get(key)
+    if hit is not None and hit[0] is sch:
+        return hit[1]
+    if len(cache) > 64:  # e.g. the discrete variant's K stop points, per config: bounded anyway
+        cache.clear()
+    plan = rollout_plan(sch, time_grid(K, sch, cfg.grid, cfg.rho), cfg.eta, steps, device)
+    cache[key] = (sch, plan)
+    return plan
+
+
 def check_reward_kwargs(engine: RMMD, reward_kwargs, B: int) -> dict:
     """Validate ``reward_kwargs`` (reward-only inputs such as a verifying target) and return a plain dict.
 
@@ -218,25 +239,12 @@ def _reward_terms(engine: RMMD, x0: torch.Tensor, cond_n: Cond, cond: Cond, B: i
     return v.detach().view(M, B).mean(0), (G / M if need_grad else None)
 
 
-def losses(engine: RMMD, data: torch.Tensor | None = None, cond: Cond = None, *, batch_size: int | None = None,
-           generator: torch.Generator | None = None, return_intermediates: bool = False,
-           reward_kwargs: dict | None = None) -> StepLosses:
-    """Compute one iteration's student and auxiliary losses without stepping anything.
-
-    For trainers that own backward and optimisers (Accelerate, Lightning, FSDP): call
-    ``(out.student_loss + out.aux_loss).backward()`` (their parameters are disjoint), step your
-    optimisers, then ``engine.update_ema()``. :func:`step` does exactly that with finite checks.
-
-    Args:
-        engine: the :class:`~rmmd_core.engine.RMMD` state.
-        data: optional clean batch ``(B, *sample_shape)``: off-policy state (MM Algorithm 2).
-            Without it the state comes from the student's own rollouts (``config.variant``).
-        cond: conditioning for the B samples (dict of kwargs for the networks, or a tensor).
-        batch_size: B when neither ``data`` nor ``cond`` carries it.
-        generator: RNG for noise, times and Philox seeds (default: the engine's).
-        reward_kwargs: extra keyword arguments for the reward only (e.g. ``{"target": y}``, the verifying
-            next state of :class:`~rmmd_core.rewards.CRPSReward`, batch B). Unlike ``cond`` they never
-            reach a network, so a reward may see the answer without the student seeing it.
+def _losses(engine: RMMD, data: torch.Tensor | None = None, cond: Cond = None, *, batch_size: int | None = None,
+            generator: torch.Generator | None = None, return_intermediates: bool = False,
+            reward_kwargs: dict | None = None) -> tuple[StepLosses, dict]:
+    """:func:`losses` with the scalar metrics still on the device: returns ``(out, scalars)``, where
+    ``scalars`` maps metric names to 0-d tensors whose values ``out.metrics`` lacks (None / defaults).
+    :func:`step` reads them together with its finite checks and gradient norms in one copy.
     """
     cfg = engine.config
     g = generator if generator is not None else engine.generator
@@ -263,25 +271,39 @@ def losses(engine: RMMD, data: torch.Tensor | None = None, cond: Cond = None, *,
     s_floor = max(sch.t_min, 1e-4)  # keeps the moment time off s = 0, where every x-predictor is the identity
 
     # 1. training state z_t at time t, and the moment time s < t (no grad anywhere here)
+    # Every Philox seed of the iteration is drawn from g in the order of the unbatched code (rollout steps,
+    # then the times, then re-noise and posterior step: the networks in between never touch g) and read in
+    # ONE device->host copy before the first network call, so no read waits for a network on the device.
     with torch.no_grad():
+        seed_t = []
         if data is not None:
             source = "data"
             x = data.repeat(M, *([1] * len(shape)))
             s, t = _sample_times(N, K, cfg.gap, g, device)
+            seed_t += [seed_tensor(g), seed_tensor(g)]  # re-noise, posterior step
+            seeds = read_seeds(seed_t)
         else:
             source = cfg.variant
-            grid = time_grid(K, sch, cfg.grid, cfg.rho)
             z = prior_sample(sch, (N, *shape), device=device, dtype=dtype, generator=g)
             if cfg.variant == "continuous":
-                x, _, _ = rollout(student, z, grid, cond_n, eta=cfg.eta, generator=g, backend=engine.backend)
+                plan = _rollout_plan(engine, sch, K, K, device)
+                seed_t += [seed_tensor(g) for _ in range(plan.seeds_needed)]
                 s, t = _sample_times(N, K, cfg.gap, g, device)
+                seed_t += [seed_tensor(g), seed_tensor(g)]  # re-noise, posterior step
+                seeds = read_seeds(seed_t)
+                x, _, _ = run_rollout(student, z, plan, cond_n, generator=g, backend=engine.backend,
+                                      seeds=seeds[:plan.seeds_needed])
             else:  # discrete: stop at a random student step i* in {1..K} (one per batch)
                 i_star = int(torch.randint(1, K + 1, (1,), generator=g, device=device).item())
-                z_t, _, _ = rollout(student, z, grid, cond_n, eta=cfg.eta, stop_index=i_star, generator=g,
-                                    backend=engine.backend)
-                t = grid[K - i_star].to(device).expand(N).clone()
+                plan = _rollout_plan(engine, sch, K, K - i_star, device)
+                seed_t += [seed_tensor(g) for _ in range(plan.seeds_needed)]
+                t = plan.grid[K - i_star].expand(N).clone()
                 delta = (torch.rand(N, generator=g, dtype=torch.float64, device=device) / K if cfg.gap == "uniform"
                          else torch.full((N,), 1.0 / K, dtype=torch.float64, device=device))
+                seed_t.append(seed_tensor(g))  # posterior step
+                seeds = read_seeds(seed_t)
+                z_t, _, _ = run_rollout(student, z, plan, cond_n, generator=g, backend=engine.backend,
+                                        seeds=seeds[:plan.seeds_needed])
                 s = t - delta
         s = s.clamp_min(s_floor)
         t = torch.maximum(t, s)
@@ -289,8 +311,8 @@ def losses(engine: RMMD, data: torch.Tensor | None = None, cond: Cond = None, *,
         if source != "data" and can_fuse(student):  # the rollout's steps ran as fused denoise_step calls
             fused_ops["denoise_step"] = (z,)              # (else as posterior_step, reported below anyway)
         if source != "discrete":  # forward (re-)noise of the clean / rolled-out sample, fused K2 op
-            a_t, sg_t = sch.alpha_sigma(t)
-            z_t = ops.renoise(x, a_t.to(device), sg_t.to(device), draw_seed(g), 0, backend=engine.backend)
+            a_t, sg_t = schedule_call(sch, "alpha_sigma", t)
+            z_t = ops.renoise(x, a_t.to(device), sg_t.to(device), seeds[-2], 0, backend=engine.backend)
             fused_ops["renoise"] = (x,)
 
     # 2. the one differentiable student call
@@ -301,7 +323,11 @@ def losses(engine: RMMD, data: torch.Tensor | None = None, cond: Cond = None, *,
 
     # 3. posterior step down to s (no gradient through z_s)
     with torch.no_grad():
-        z_s = posterior_step(sch, z_t, x0d, t, s, cfg.eta, g, engine.backend)
+        # s <= t by construction (t = max(t, s) above): the coefficients skip posterior_coefficients'
+        # validation, which reads the times back to the host
+        z_s = posterior_step(sch, z_t, x0d, t, s, cfg.eta, g, engine.backend,
+                             coefficients=positive_posterior_coefficients(sch, t, s, check_eta(cfg.eta)),
+                             seed=seeds[-1])
         # 4. reference moment and anchor (frozen networks, no graph)
         if cfg.reference == "teacher":
             m_ref = engine.teacher(z_s, s, cond_n, guidance_scale=cfg.guidance_scale)
@@ -363,22 +389,12 @@ def losses(engine: RMMD, data: torch.Tensor | None = None, cond: Cond = None, *,
         scalars["cot_norm_reward"] = stats[:, 3].sum().sqrt()
     if a is not None:
         scalars["cot_norm_anchor"] = stats[:, 4].sum().sqrt()
-    # cat promotes the float32 scalars to float64 exactly (t_mean / s_mean are float64): one copy, one read
-    values = dict(zip(scalars, torch.cat([v.detach().reshape(1) for v in scalars.values()])
-                      .to(torch.float64).tolist()))
     metrics = {
         "phase": engine.phase,
         "state_source": source,
-        "mm_surrogate": values["mm_surrogate"],
-        "reward_mean": values.get("reward_mean", nan),
-        "anchor_l2": values.get("anchor_l2", nan),
-        "student_loss": values["student_loss"],
-        "aux_loss": values["aux_loss"],
-        "cot_norm_mm": values["cot_norm_mm"],
-        "cot_norm_reward": values.get("cot_norm_reward", 0.0),
-        "cot_norm_anchor": values.get("cot_norm_anchor", 0.0),
-        "t_mean": values["t_mean"],
-        "s_mean": values["s_mean"],
+        # the scalar metrics' slots, in this order; filled from one host read (read_scalars)
+        "mm_surrogate": None, "reward_mean": nan, "anchor_l2": nan, "student_loss": None, "aux_loss": None,
+        "cot_norm_mm": None, "cot_norm_reward": 0.0, "cot_norm_anchor": 0.0, "t_mean": None, "s_mean": None,
         "nfe": nfe,
         **{f"calls_{k}": v for k, v in calls.items()},
         # network calls this iteration (all networks; a CFG call with cond + null rows batched is one call)
@@ -395,7 +411,44 @@ def losses(engine: RMMD, data: torch.Tensor | None = None, cond: Cond = None, *,
         inter = dict(x0=x0, z_t=z_t, z_s=z_s, t=t, s=s, m_ref=m_ref, m_stu=m_stu, anchor=a, reward=r,
                      reward_grad=G, weight=stats[:, 5].to(x0d.dtype).view(view), cotangent=cot, cot_stats=stats,
                      aux_out=aux_out, aux_weight=w_aux)
-    return StepLosses(student_loss, aux_loss, metrics, inter)
+    return StepLosses(student_loss, aux_loss, metrics, inter), scalars
+
+
+def read_scalars(tensors: dict) -> dict:
+    """``{name: float}`` of 0-d / 1-element tensors in ONE device->host copy (each ``float()`` of a CUDA
+    tensor is a sync). ``cat`` promotes float32 / bool values to float64 exactly before the read."""
+    if not tensors:
+        return {}
+    with torch.no_grad():  # no graph, so no detach per value
+        flat = torch.cat([v.reshape(1) for v in tensors.values()]).to(torch.float64)
+    return dict(zip(tensors, flat.tolist()))
+
+
+def losses(engine: RMMD, data: torch.Tensor | None = None, cond: Cond = None, *, batch_size: int | None = None,
+           generator: torch.Generator | None = None, return_intermediates: bool = False,
+           reward_kwargs: dict | None = None) -> StepLosses:
+    """Compute one iteration's student and auxiliary losses without stepping anything.
+
+    For trainers that own backward and optimisers (Accelerate, Lightning, FSDP): call
+    ``(out.student_loss + out.aux_loss).backward()`` (their parameters are disjoint), step your
+    optimisers, then ``engine.update_ema()``. :func:`step` does exactly that with finite checks.
+
+    Args:
+        engine: the :class:`~rmmd_core.engine.RMMD` state.
+        data: optional clean batch ``(B, *sample_shape)``: off-policy state (MM Algorithm 2).
+            Without it the state comes from the student's own rollouts (``config.variant``).
+        cond: conditioning for the B samples (dict of kwargs for the networks, or a tensor).
+        batch_size: B when neither ``data`` nor ``cond`` carries it.
+        generator: RNG for noise, times and Philox seeds (default: the engine's).
+        reward_kwargs: extra keyword arguments for the reward only (e.g. ``{"target": y}``, the verifying
+            next state of :class:`~rmmd_core.rewards.CRPSReward`, batch B). Unlike ``cond`` they never
+            reach a network, so a reward may see the answer without the student seeing it.
+    """
+    with iteration_memo():
+        out, scalars = _losses(engine, data, cond, batch_size=batch_size, generator=generator,
+                               return_intermediates=return_intermediates, reward_kwargs=reward_kwargs)
+    out.metrics.update(read_scalars(scalars))
+    return out
 
 
 def step(engine: RMMD, data: torch.Tensor | None = None, cond: Cond = None, *, batch_size: int | None = None,
@@ -420,18 +473,39 @@ def step(engine: RMMD, data: torch.Tensor | None = None, cond: Cond = None, *, b
     ``crps_fair`` for the built-in rewards, ``ema_update`` on iterations that update the EMA). Built-in
     rewards without a ``backend`` of their own run on the engine's backend.
     """
-    out = losses(engine, data, cond, batch_size=batch_size, generator=generator, reward_kwargs=reward_kwargs)
+    with iteration_memo():  # schedule values shared between the calls at the same t / s (schedule_memo)
+        out, scalars = _losses(engine, data, cond, batch_size=batch_size, generator=generator,
+                               reward_kwargs=reward_kwargs)
     m = out.metrics
+    clip = engine.config.grad_clip
     # The auxiliary first: its backward frees its graph before the student's backward runs, so with an
     # activation-checkpointed student (rmmd_core.checkpoint_activations) the student's recomputed
     # activations never coexist with the auxiliary's. The two losses share no parameters and every
     # cross term is detached, so the order changes no value.
-    grad_norm_aux, skipped_a = apply_update(out.aux_loss, engine.auxiliary, engine.aux_optimizer,
-                                            engine.config.grad_clip)
     grad_norm, skipped_s = float("nan"), False
+    from .distributed import is_distributed  # local import: keeps torch.distributed out of the package import
+    if is_distributed() or torch.is_anomaly_enabled():
+        # ranks must agree on skipping before a wrapped module's backward (gradient all-reduce), and anomaly
+        # mode raises in the backward of a non-finite loss: the per-module path, checks before backward
+        m.update(read_scalars(scalars))
+        grad_norm_aux, skipped_a = apply_update(out.aux_loss, engine.auxiliary, engine.aux_optimizer, clip)
+        if out.student_loss is not None:
+            grad_norm, skipped_s = apply_update(out.student_loss, engine.student, engine.student_optimizer, clip)
+    else:
+        # Single process: both backwards first (the aux optimiser step does not touch the student's graph),
+        # then the metrics, both finite checks, gradient norms and clip decisions in ONE host read, then
+        # both optimiser steps. A non-finite loss is detected after its backward (its gradients are
+        # dropped), so weights, optimiser state and every metric are those of apply_update.
+        checks = {"aux": backward_checks(out.aux_loss, engine.auxiliary, engine.aux_optimizer, clip)}
+        if out.student_loss is not None:
+            checks["student"] = backward_checks(out.student_loss, engine.student, engine.student_optimizer, clip)
+        values = read_scalars({**scalars, **{f"{k}/{n}": v for k, c in checks.items() for n, v in c.tensors.items()}})
+        m.update({k: values[k] for k in scalars})
+        grad_norm_aux, skipped_a = checks["aux"].finish({n: values[f"aux/{n}"] for n in checks["aux"].tensors})
+        if out.student_loss is not None:
+            grad_norm, skipped_s = checks["student"].finish(
+                {n: values[f"student/{n}"] for n in checks["student"].tensors})
     if out.student_loss is not None:
-        grad_norm, skipped_s = apply_update(out.student_loss, engine.student, engine.student_optimizer,
-                                            engine.config.grad_clip)
         if not skipped_s:
             engine.student_updates += 1
             add_backend_metric(m, "ema_update", engine.update_ema())

@@ -1,0 +1,126 @@
+"""Count the ATen ops and device->host reads of one ``rmmd_core.step()`` and where they come from.
+
+The networks are replaced by a one-parameter stand-in (``out = w * z``), so what is left is the engine's
+own work around the network calls: schedule math, the fused ops' entry points, rollout, metrics, finite
+checks, clipping, optimiser steps and EMA. Configuration follows ``bench_step.py --configs dit-s``
+(DiscreteVP, eps prediction, DDPM index time, class labels, K = 1, EMA) unless changed by the flags.
+
+    python benchmarks/profile_step.py [--mode default|off-policy|discrete|rmmd] [--stack] [--iters N]
+
+Prints ops per step by name (and, with ``--stack``, the rmmd_core call site of every op), the number of
+``aten::_local_scalar_dense`` calls (each one is a device->host sync on CUDA) and the CPU ms per step.
+"""
+from __future__ import annotations
+
+import argparse
+import collections
+import os
+import sys
+import time
+import traceback
+
+import torch
+from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from rmmd_core import RMMD, Denoiser, DiscreteVP, RMMDConfig, step  # noqa: E402
+
+SYNC_OPS = ("aten::_local_scalar_dense",)
+
+
+class StandIn(nn.Module):
+    """``net(z, t, class_labels=None) = w z``: one parameter, one multiply."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = nn.Parameter(torch.tensor(0.5))
+
+    def forward(self, z, t, class_labels=None):
+        return self.w * z
+
+
+class OpLog(TorchDispatchMode):
+    """Every ATen op dispatched (name, and the innermost rmmd_core frame with ``stack=True``)."""
+
+    def __init__(self, stack: bool = False):
+        super().__init__()
+        self.stack = stack
+        self.ops = collections.Counter()
+        self.sites = collections.Counter()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        name = str(func.overloadpacket.__name__)
+        self.ops[name] += 1
+        if self.stack:
+            frames = [f for f in traceback.extract_stack() if "rmmd_core" in f.filename
+                      and "profile_step" not in f.filename]
+            site = (f"{os.path.relpath(frames[-1].filename)}:{frames[-1].lineno} {frames[-1].name}"
+                    if frames else "<outside rmmd_core>")
+            self.sites[(name, site)] += 1
+        return func(*args, **(kwargs or {}))
+
+
+def make_engine(mode: str, seed: int = 0) -> tuple[RMMD, dict]:
+    torch.manual_seed(seed)
+    sch = DiscreteVP.from_diffusers_config(num_train_timesteps=1000)
+    teacher = Denoiser(StandIn(), sch, prediction="eps", time_input="index")
+    cfg = dict(num_steps=1, ema_decay=0.999)
+    if mode == "discrete":
+        cfg.update(variant="discrete", num_steps=4)
+    eng = RMMD(teacher, config=RMMDConfig(**cfg), sample_shape=(3, 16, 16), seed=seed)
+    B = 16
+    kw = {"cond": {"class_labels": torch.arange(B) % 10}, "batch_size": B}
+    if mode == "off-policy":
+        kw["data"] = torch.randn(B, 3, 16, 16, generator=torch.Generator().manual_seed(1))
+    if mode == "rmmd":
+        eng.start_phase2(reward="grayscale", reward_weight=0.5)
+    return eng, kw
+
+
+def count(mode: str, stack: bool = False):
+    eng, kw = make_engine(mode)
+    step(eng, **kw)  # warm-up: optimiser state, cached lists
+    log = OpLog(stack)
+    with log:
+        step(eng, **kw)
+    return log
+
+
+def cpu_ms(mode: str, iters: int) -> float:
+    eng, kw = make_engine(mode)
+    for _ in range(3):
+        step(eng, **kw)
+    best = []
+    for _ in range(5):
+        t0 = time.process_time()
+        for _ in range(iters):
+            step(eng, **kw)
+        best.append((time.process_time() - t0) * 1e3 / iters)
+    return sorted(best)[len(best) // 2]
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--mode", default="default", choices=("default", "off-policy", "discrete", "rmmd"))
+    p.add_argument("--stack", action="store_true", help="group ops by rmmd_core call site")
+    p.add_argument("--iters", type=int, default=50)
+    p.add_argument("--top", type=int, default=60)
+    a = p.parse_args(argv)
+    torch.set_num_threads(1)
+    log = count(a.mode, a.stack)
+    total = sum(log.ops.values())
+    syncs = sum(log.ops[n.split("::")[1]] for n in SYNC_OPS)
+    print(f"mode={a.mode}: {total} ATen ops per step, {syncs} device->host reads (_local_scalar_dense)")
+    for name, n in log.ops.most_common(a.top):
+        print(f"  {n:4d} {name}")
+    if a.stack:
+        print("by call site:")
+        for (name, site), n in sorted(log.sites.items(), key=lambda kv: kv[0][1]):
+            print(f"  {n:4d} {name:32s} {site}")
+    print(f"CPU ms per step (median of 5 x {a.iters}, 1 thread): {cpu_ms(a.mode, a.iters):.3f}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
