@@ -39,6 +39,20 @@ _HOOKS = (nn.modules.module.register_module_parameter_registration_hook(_bump),
           nn.modules.module.register_module_module_registration_hook(_bump))
 
 
+def _collect(module: nn.Module, slot: str, owners: list) -> list:
+    """The tensors of every submodule's ``slot`` dict ("_parameters" / "_buffers") in the order and with the
+    de-duplication of ``module.parameters()`` / ``module.buffers()``; appends (dict, name, tensor) to owners."""
+    out, seen = [], set()
+    for mod in module.modules():
+        table = getattr(mod, slot)
+        for name, t in table.items():
+            if t is not None and id(t) not in seen:
+                seen.add(id(t))
+                out.append(t)
+                owners.append((table, name, t))
+    return out
+
+
 class ModuleTensors:
     """``params`` (tuple, ``module.parameters()`` order) and ``buffers`` (``module.buffers()`` order)
     of ``module`` at the time of building, with the owner of each for validation."""
@@ -48,22 +62,8 @@ class ModuleTensors:
     def __init__(self, module: nn.Module):
         self.generation = _GENERATION
         owners = []
-        params, buffers = [], []
-        seen = set()
-        # the same order and de-duplication as module.parameters() / module.buffers()
-        for mod in module.modules():
-            for name, p in mod._parameters.items():
-                if p is not None and id(p) not in seen:
-                    seen.add(id(p))
-                    params.append(p)
-                    owners.append((mod._parameters, name, p))
-        seen.clear()
-        for mod in module.modules():
-            for name, b in mod._buffers.items():
-                if b is not None and id(b) not in seen:
-                    seen.add(id(b))
-                    buffers.append(b)
-                    owners.append((mod._buffers, name, b))
+        params = _collect(module, "_parameters", owners)
+        buffers = _collect(module, "_buffers", owners)
         self.params, self.buffers, self._owners = tuple(params), tuple(buffers), tuple(owners)
 
     def valid(self) -> bool:
