@@ -61,18 +61,20 @@ class OpLog(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
-def make_engine(mode: str, seed: int = 0) -> tuple[RMMD, dict]:
+def make_engine(mode: str, seed: int = 0, num_steps: int = 1, size: int = 16,
+                batch: int = 16) -> tuple[RMMD, dict]:
+    """An engine on stand-in networks in ``mode`` and the ``step`` kwargs of one batch (also used by
+    tests/test_step_syncs.py, with smaller sizes: op and read counts do not depend on them)."""
     torch.manual_seed(seed)
     sch = DiscreteVP.from_diffusers_config(num_train_timesteps=1000)
     teacher = Denoiser(StandIn(), sch, prediction="eps", time_input="index")
-    cfg = dict(num_steps=1, ema_decay=0.999)
+    cfg = dict(num_steps=num_steps, ema_decay=0.999)
     if mode == "discrete":
         cfg.update(variant="discrete", num_steps=4)
-    eng = RMMD(teacher, config=RMMDConfig(**cfg), sample_shape=(3, 16, 16), seed=seed)
-    B = 16
-    kw = {"cond": {"class_labels": torch.arange(B) % 10}, "batch_size": B}
+    eng = RMMD(teacher, config=RMMDConfig(**cfg), sample_shape=(3, size, size), seed=seed)
+    kw = {"cond": {"class_labels": torch.arange(batch) % 10}, "batch_size": batch}
     if mode == "off-policy":
-        kw["data"] = torch.randn(B, 3, 16, 16, generator=torch.Generator().manual_seed(1))
+        kw["data"] = torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(1))
     if mode == "rmmd":
         eng.start_phase2(reward="grayscale", reward_weight=0.5)
     return eng, kw

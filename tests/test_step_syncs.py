@@ -14,14 +14,20 @@ random stop index i* (it decides how many steps the rollout runs). Counts, not t
 from __future__ import annotations
 
 import collections
+import importlib.util
+import pathlib
 
 import pytest
 import torch
 from torch.optim.optimizer import register_optimizer_step_post_hook, register_optimizer_step_pre_hook
-from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from rmmd_core import RMMD, Denoiser, DiscreteVP, RMMDConfig, step
+from rmmd_core import DiscreteVP, step
+
+_PROFILE = pathlib.Path(__file__).resolve().parents[1] / "benchmarks" / "profile_step.py"
+_spec = importlib.util.spec_from_file_location("profile_step", _PROFILE)
+profile_step = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(profile_step)
 
 # ATen ops per step of the stand-in (counted with TorchDispatchMode on the step after the warm-up; backward,
 # optimiser and EMA included). Measured 2026-11-26 after the issue-7 work: default 318, off-policy 266,
@@ -33,30 +39,9 @@ OP_BOUNDS = {"default": 350, "off-policy": 295, "discrete": 300, "rmmd": 400}
 SYNC_BOUNDS = {"default": 2, "off-policy": 2, "discrete": 3, "rmmd": 2}
 
 
-class StandIn(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.w = nn.Parameter(torch.tensor(0.5))
-
-    def forward(self, z, t, class_labels=None):
-        return self.w * z
-
-
 def make_engine(mode: str, num_steps: int = 1):
-    torch.manual_seed(0)
-    sch = DiscreteVP.from_diffusers_config(num_train_timesteps=1000)
-    teacher = Denoiser(StandIn(), sch, prediction="eps", time_input="index")
-    cfg = dict(num_steps=num_steps, ema_decay=0.999)
-    if mode == "discrete":
-        cfg.update(variant="discrete", num_steps=4)
-    eng = RMMD(teacher, config=RMMDConfig(**cfg), sample_shape=(3, 8, 8), seed=0)
-    B = 6
-    kw = {"cond": {"class_labels": torch.arange(B) % 10}, "batch_size": B}
-    if mode == "off-policy":
-        kw["data"] = torch.randn(B, 3, 8, 8, generator=torch.Generator().manual_seed(1))
-    if mode == "rmmd":
-        eng.start_phase2(reward="grayscale", reward_weight=0.5)
-    return eng, kw
+    """benchmarks/profile_step.py's stand-in engine (one-parameter networks), at a small size."""
+    return profile_step.make_engine(mode, num_steps=num_steps, size=8, batch=6)
 
 
 class Counter(TorchDispatchMode):
