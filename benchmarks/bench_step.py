@@ -10,10 +10,15 @@ every row alike), with medians:
 * ``floor``: the SAME network calls (recorded with forward pre-hooks during a real step: same modules,
   inputs, grad modes) replayed with a trivial loss (mean of each recorded output), one backward per
   trained network and the same optimiser steps. No schedule math, no cotangent, no EMA, no clipping;
+* ``floor+clip+EMA``: the floor plus what a plain PyTorch trainer of the same networks does around its
+  optimiser steps when it clips and keeps an EMA as ours does: ``torch.nn.utils.clip_grad_norm_`` (max
+  norm = ``grad_clip``) before each step and a ``torch._foreach_lerp_`` EMA of the student (same decay,
+  buffers copied) after its step. The overhead over it is what the method itself adds;
 * ``peer``: NVIDIA modelopt.torch.fastgen's ``DMDPipeline`` (pip extra ``rmmd_core[peer]``), one
   DMD2 iteration = ``compute_student_loss`` + backward + step + EMA, then ``compute_fake_score_loss``
   + backward + step (its ``student_update_freq = 1`` setting), on copies of the same diffusers
-  network, same batch, seed and threads; ``peer floor`` replays its calls the same way.
+  network, same batch, seed and threads; ``peer floor`` replays its calls the same way, and ``peer
+  floor+clip+EMA`` adds the peer's own clipping (clip_grad_norm_) and EMA (``pipe.update_ema()``) calls.
 
 Columns: forward calls and calls recorded with grad per iteration (counted with forward hooks on the
 raw networks, for every row), median wall ms per iteration, overhead = row / its floor, ms per network
@@ -192,10 +197,13 @@ class CallLog:
 
 class Floor:
     """Replays recorded ``calls`` (module, args, kwargs, grad) with a trivial loss (mean of each grad-mode
-    output), then one backward and one optimiser step per trained network; ``trained``: (module, optimiser)."""
+    output), then one backward and one optimiser step per trained network; ``trained``: (module, optimiser).
 
-    def __init__(self, calls: list, trained: list):
-        self.calls, self.trained = calls, trained
+    ``clip``: when set, ``clip_grad_norm_(module.parameters(), clip)`` before each optimiser step;
+    ``ema``: when set, called after the first trained network's (the student's) optimiser step."""
+
+    def __init__(self, calls: list, trained: list, clip: float | None = None, ema: Callable[[], None] | None = None):
+        self.calls, self.trained, self.clip, self.ema = calls, trained, clip, ema
 
     def __call__(self) -> None:
         outs = {id(m): [] for m, _ in self.trained}
@@ -208,7 +216,27 @@ class Floor:
             if outs[id(mod)]:
                 opt.zero_grad(set_to_none=True)
                 sum(o.float().mean() for o in outs[id(mod)]).backward()
+                if self.clip is not None:
+                    torch.nn.utils.clip_grad_norm_(mod.parameters(), self.clip)
                 opt.step()
+                if self.ema is not None and mod is self.trained[0][0]:
+                    self.ema()
+
+
+class PlainEMA:
+    """A plain PyTorch trainer's EMA of ``net`` into ``ema_net``: one ``torch._foreach_lerp_`` over the
+    parameters (weight ``1 - decay``), buffers copied."""
+
+    def __init__(self, ema_net: nn.Module, net: nn.Module, decay: float):
+        self.ema_p, self.p = list(ema_net.parameters()), list(net.parameters())
+        self.ema_b, self.b = list(ema_net.buffers()), list(net.buffers())
+        self.weight = 1.0 - decay
+
+    @torch.no_grad()
+    def __call__(self) -> None:
+        torch._foreach_lerp_(self.ema_p, self.p, self.weight)
+        for e, b in zip(self.ema_b, self.b):
+            e.copy_(b)
 
 
 # ---------------------------------------------------------------------- rows
@@ -263,9 +291,13 @@ def ours_rows(spec: Spec, device, backends, num_steps=None, with_floor=True, che
                   sum(log.grad.values()), calls=list(log.shapes))
         rows.append(row)
         if with_floor and b == backends[0]:
-            floor = Floor(log.calls, [(eng.student.net, eng.student_optimizer),
-                                           (eng.auxiliary.net, eng.aux_optimizer)])
-            rows.append(Row(spec.name, "floor", "-", K, floor, row.fwd, row.grad_calls, calls=list(log.shapes)))
+            trained = [(eng.student.net, eng.student_optimizer), (eng.auxiliary.net, eng.aux_optimizer)]
+            rows.append(Row(spec.name, "floor", "-", K, Floor(log.calls, trained), row.fwd, row.grad_calls,
+                            calls=list(log.shapes)))
+            plus = Floor(log.calls, trained, clip=cfg.grad_clip,
+                         ema=PlainEMA(eng.ema.net, eng.student.net, cfg.ema_decay))
+            rows.append(Row(spec.name, "floor+clip+EMA", "-", K, plus, row.fwd, row.grad_calls,
+                            calls=list(log.shapes)))
             rows += calibration_rows(spec.name, K, log.calls)
         log.remove()
     return rows
@@ -382,9 +414,12 @@ def peer_rows(spec: Spec, device, with_floor=True) -> list:
               calls=list(log.shapes))
     rows = [row]
     if with_floor:
-        rows.append(Row(spec.name, "peer floor", "-", 1,
-                        Floor(log.calls, [(student.net, s_opt), (fake.net, f_opt)]), row.fwd, row.grad_calls,
+        trained = [(student.net, s_opt), (fake.net, f_opt)]
+        rows.append(Row(spec.name, "peer floor", "-", 1, Floor(log.calls, trained), row.fwd, row.grad_calls,
                         calls=list(log.shapes)))
+        rows.append(Row(spec.name, "peer floor+clip+EMA", "-", 1, Floor(log.calls, trained, clip=1.0,
+                                                                        ema=pipe.update_ema),
+                        row.fwd, row.grad_calls, calls=list(log.shapes)))
     log.remove()
     return rows
 
@@ -460,25 +495,44 @@ def build_rows(names, specs, device, backends, peer: bool, k_sweep) -> list:
     return rows
 
 
+FLOORS = ("floor", "peer floor", "floor+clip+EMA", "peer floor+clip+EMA")
+
+
+def _floor_keys(r: Row) -> tuple[str, str]:
+    """(its floor, its floor+clip+EMA) row names for row ``r``."""
+    base = "peer floor" if r.impl.startswith("peer") else "floor"
+    return base, base + "+clip+EMA"
+
+
 def format_table(rows: list) -> str:
-    floors = {(r.config, r.impl): r.ms for r in rows if r.impl in ("floor", "peer floor")}
-    cpu_floors = {(r.config, r.impl): r.cpu_ms for r in rows if r.impl in ("floor", "peer floor")}
+    """Markdown table of every row. Overheads are the row over its floor and over its floor+clip+EMA
+    (the floor+clip+EMA rows show their own ratio over the floor: what clipping and the EMA cost)."""
+    ms = {(r.config, r.impl): r.ms for r in rows if r.impl in FLOORS}
+    cpu = {(r.config, r.impl): r.cpu_ms for r in rows if r.impl in FLOORS}
     ratios = fwd_bwd_ratio(rows)
-    head = ("| config | impl | backend | K | fwd | grad calls | ms / iter | overhead vs floor | ms / call | "
-            "fwd-eq / iter | ms / fwd-eq | CPU ms / iter | CPU overhead | peak MiB |\n"
-            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    head = ("| config | impl | backend | K | fwd | grad calls | ms / iter | overhead vs floor | "
+            "overhead vs floor+clip+EMA | ms / call | fwd-eq / iter | ms / fwd-eq | CPU ms / iter | CPU overhead | "
+            "CPU overhead vs floor+clip+EMA | peak MiB |\n"
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     lines = [head]
+
+    def ratio(num, table, key):
+        den = table.get(key)
+        return f"{num / den:.3f}" if den else ""
+
     for r in rows:
-        key = (r.config, "peer floor" if r.impl.startswith("peer") else "floor")
-        fl, cfl = floors.get(key), cpu_floors.get(key)
-        mine = r.impl not in ("floor", "peer floor") and not r.impl.startswith("net ")
-        ratio = f"{r.ms / fl:.3f}" if fl and mine else ""
-        cratio = f"{r.cpu_ms / cfl:.3f}" if cfl and mine else ""
+        base, plus = _floor_keys(r)
+        cells = ["", "", "", ""]  # overhead, overhead+, CPU overhead, CPU overhead+
+        if r.impl.endswith("+clip+EMA"):
+            cells[0], cells[2] = ratio(r.ms, ms, (r.config, base)), ratio(r.cpu_ms, cpu, (r.config, base))
+        elif r.impl not in FLOORS and not r.impl.startswith("net "):
+            cells = [ratio(r.ms, ms, (r.config, base)), ratio(r.ms, ms, (r.config, plus)),
+                     ratio(r.cpu_ms, cpu, (r.config, base)), ratio(r.cpu_ms, cpu, (r.config, plus))]
         per_call = r.ms / (r.fwd + r.grad_calls) if r.fwd else float("nan")
         feq = forward_equivalents(r, ratios)
         lines.append(f"| {r.config} | {r.impl} | {r.backend} | {r.num_steps} | {r.fwd} | {r.grad_calls} | "
-                     f"{r.ms:.1f} | {ratio} | {per_call:.2f} | {feq:.2f} | {r.ms / feq:.2f} | {r.cpu_ms:.1f} | "
-                     f"{cratio} | {r.peak_mib:.1f} |")
+                     f"{r.ms:.1f} | {cells[0]} | {cells[1]} | {per_call:.2f} | {feq:.2f} | {r.ms / feq:.2f} | "
+                     f"{r.cpu_ms:.1f} | {cells[2]} | {cells[3]} | {r.peak_mib:.1f} |")
     return "\n".join(lines)
 
 

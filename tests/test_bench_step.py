@@ -26,8 +26,8 @@ def test_smoke_run_table_and_counts(tmp_path, capsys):
     for name, K in (("2d", 2), ("unet-xs", 1), ("large", 1)):
         ours = [r for r in res["rows"] if r["config"] == name and r["impl"] == "ours"]
         assert {r["backend"] for r in ours} >= {"reference"} and len(ours) >= 1
-        floor = rows[(name, "floor", "-")]
-        for r in ours + [floor]:
+        floor, plus = rows[(name, "floor", "-")], rows[(name, "floor+clip+EMA", "-")]
+        for r in ours + [floor, plus]:
             # continuous on-policy: K rollout calls + student + teacher + auxiliary; 2 with grad
             assert r["fwd"] == K + 3 and r["grad_calls"] == 2, r
             assert r["ms_median"] > 0 and math.isfinite(r["ms_median"]) and r["cpu_ms_median"] > 0
@@ -37,11 +37,11 @@ def test_smoke_run_table_and_counts(tmp_path, capsys):
         c = res["fwd_bwd_ratio"][name]
         assert c == pytest.approx(fb["ms_median"] / fwd["ms_median"])
         ref = fwd["call_rows"][0]
-        for r in ours + [floor]:
+        for r in ours + [floor, plus]:
             assert len(r["call_rows"]) == r["fwd"] and sum(r["call_grad"]) == r["grad_calls"]
             want = sum(n / ref * (c if g else 1.0) for n, g in zip(r["call_rows"], r["call_grad"]))
             assert r["fwd_eq"] == pytest.approx(want) and r["ms_per_fwd_eq"] == pytest.approx(r["ms_median"] / want)
-    assert "fwd-eq / iter" in text and "ms / fwd-eq" in text
+    assert "fwd-eq / iter" in text and "ms / fwd-eq" in text and "overhead vs floor+clip+EMA" in text
     sweep = {r["config"]: r["fwd"] for r in res["rows"] if " K=" in r["config"]}
     assert sweep == {"2d K=1": 4, "2d K=2": 5}
 
@@ -49,7 +49,7 @@ def test_smoke_run_table_and_counts(tmp_path, capsys):
 def test_floor_replays_the_recorded_calls():
     import torch
 
-    ours, floor, *calibration = bench_step.ours_rows(bench_step.SMOKE["2d"], torch.device("cpu"), ["reference"])
+    ours, floor, _, *calibration = bench_step.ours_rows(bench_step.SMOKE["2d"], torch.device("cpu"), ["reference"])
     assert [r.impl for r in calibration] == ["net fwd", "net fwd+bwd"]
     assert floor.impl == "floor" and isinstance(floor.fn, bench_step.Floor)
     counter = {"fwd": 0, "grad": 0}
@@ -68,3 +68,30 @@ def test_floor_replays_the_recorded_calls():
     assert counter == {"fwd": ours.fwd, "grad": 2}
     after = [p for _, opt in floor.fn.trained for g in opt.param_groups for p in g["params"]]
     assert any(not torch.equal(a, b) for a, b in zip(before, after)), "the floor steps the optimisers"
+
+
+def test_floor_plus_clips_and_updates_the_ema(monkeypatch):
+    """floor+clip+EMA: the floor's calls, plus clip_grad_norm_ before each optimiser step (max norm =
+    grad_clip) and a foreach-lerp EMA of the student after its step."""
+    import torch
+
+    _, floor, plus, *_ = bench_step.ours_rows(bench_step.SMOKE["2d"], torch.device("cpu"), ["reference"])
+    assert plus.impl == "floor+clip+EMA" and plus.fn.calls is floor.fn.calls and plus.fn.clip == 1.0
+    clipped = []
+    real_clip = torch.nn.utils.clip_grad_norm_
+
+    def counting_clip(params, max_norm, *a, **kw):
+        params = list(params)
+        clipped.append((len(params), max_norm))
+        return real_clip(params, max_norm, *a, **kw)
+
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", counting_clip)
+    ema = plus.fn.ema
+    before = [p.clone() for p in ema.ema_p]
+    plus.fn()
+    n_params = [len(list(mod.parameters())) for mod, _ in plus.fn.trained]
+    assert clipped == [(n, 1.0) for n in n_params]
+    # the EMA moved towards the student: ema' = ema + (1 - decay) (p - ema)
+    for b, e, p in zip(before, ema.ema_p, ema.p):
+        torch.testing.assert_close(e, torch.lerp(b, p.detach(), ema.weight))
+    assert any(not torch.equal(b, e) for b, e in zip(before, ema.ema_p))
