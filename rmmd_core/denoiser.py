@@ -21,8 +21,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from .parameterization import check_prediction, edm_preconditioning, to_x0, x0_coefficients
-from .schedule_memo import schedule_call
+from .parameterization import check_prediction, edm_preconditioning, x0_coefficients
+from .schedule_memo import _fingerprint, memo_value, schedule_call
 from .schedules import DiscreteVP, Schedule, get_schedule
 
 TIME_INPUTS = ("t", "index", "sigma", "c_noise", "log_snr")
@@ -249,7 +249,7 @@ class Denoiser(nn.Module):
             da, ds = self.schedule.alpha_sigma_derivatives(t)
             extra["dalpha"], extra["dsigma"] = da.to(z.dtype).view(view), ds.to(z.dtype).view(view)
         # fp32 time even for bf16/fp16 nets: bf16 cannot represent index 999 (it rounds to 1000)
-        t_in = self.net_time(t).to(torch.float64 if z.dtype == torch.float64 else torch.float32)
+        t_in = self._net_input_time(t, torch.float64 if z.dtype == torch.float64 else torch.float32)
 
         out_u = None
         if w:  # one batched call for conditional + unconditional rows
@@ -265,12 +265,12 @@ class Denoiser(nn.Module):
 
     def forward(self, z: torch.Tensor, t: torch.Tensor | float, cond: Cond = None,
                 guidance_scale: float | None = None) -> torch.Tensor:
-        out_c, out_u, w, _, alpha, sigma, view, extra = self._evaluate(z, t, cond, guidance_scale)
+        out_c, out_u, w, t, alpha, sigma, view, extra = self._evaluate(z, t, cond, guidance_scale)
         if out_u is not None:
-            x_c = self._to_x0(out_c, z, alpha, sigma, view, extra)
-            x_u = self._to_x0(out_u, z, alpha, sigma, view, extra)
+            x_c = self._to_x0(out_c, z, t, alpha, sigma, view, extra)
+            x_u = self._to_x0(out_u, z, t, alpha, sigma, view, extra)
             return x_c + w * (x_c - x_u)
-        return self._to_x0(out_c, z, alpha, sigma, view, extra)
+        return self._to_x0(out_c, z, t, alpha, sigma, view, extra)
 
     def affine_output(self, z: torch.Tensor, t: torch.Tensor | float, cond: Cond = None,
                       guidance_scale: float | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -303,11 +303,35 @@ class Denoiser(nn.Module):
         a, c = x0_coefficients(alpha, sigma, self.prediction, **kw)
         return out, a.to(torch.float64), c.to(torch.float64)
 
-    def _to_x0(self, out, z, alpha, sigma, view, extra):
-        a, s = alpha.to(z.dtype).view(view), sigma.to(z.dtype).view(view)
+    def _to_x0(self, out, z, t, alpha, sigma, view, extra):
+        """``to_x0(out, z, alpha, sigma)`` with alpha, sigma rounded to z's dtype, as :func:`to_x0` computes
+        it (``x̂ = a z + b out`` in z's compute dtype, rounded once), with ``(a, b)`` memoised per time
+        tensor within an engine iteration (calls at the same t share them: student and anchor at t,
+        teacher and auxiliary at s). Bit-identical to the direct call."""
         if out.dtype != z.dtype:  # autocast may hand back bf16; convert in the caller's precision
             out = out.to(z.dtype)
-        return to_x0(out, z, a, s, self.prediction, **extra)
+        if self.prediction == "x0":
+            return out
+        work = torch.promote_types(z.dtype, torch.float32)
+
+        def coefficients():
+            a, b = x0_coefficients(alpha.to(z.dtype).view(view), sigma.to(z.dtype).view(view), self.prediction,
+                                   **extra)
+            return a.to(device=z.device, dtype=work), b.to(device=z.device, dtype=work)
+
+        # extra (flow's d alpha/dt, d sigma/dt; edm's sigma_data) is a function of t and the schedule too
+        tag = ("x0_coefficients", self.prediction, z.dtype, z.device, view, _fingerprint(self.schedule))
+        a, b = memo_value(t, tag, coefficients)
+        return (a * z.to(work) + b * out.to(work)).to(z.dtype)
+
+    def _net_input_time(self, t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """``net_time(t)`` in ``dtype``, memoised per time tensor within an engine iteration (built-in time
+        inputs only: a callable ``time_input`` is called every time)."""
+        if callable(self.time_input):
+            return self.net_time(t).to(dtype)
+        tag = ("net_time", self.time_input, self.round_index, self.num_train_timesteps, dtype,
+               _fingerprint(self.schedule))
+        return memo_value(t, tag, lambda: self.net_time(t).to(dtype))
 
     def _plain_copy(self) -> "Denoiser":
         # Copy the user's module, not its DDP / torch.compile wrapper: a DDP wrapper holds a process

@@ -34,23 +34,68 @@ def iteration_memo():
 
 
 def _fingerprint(schedule: Schedule):
+    """What makes two schedules equal here: class, scalar parameters and, for DiscreteVP, its table.
+
+    The table's bytes are cached on the schedule and re-read only when the table tensor is replaced or
+    changed in place (its version moves), so a lookup does not copy 8 KB and re-hash it (the same bytes
+    object keeps its cached hash)."""
     table = getattr(schedule, "alphas_cumprod", None)  # DiscreteVP: a CPU float64 table, hashed as bytes
-    return (type(schedule), tuple(schedule._params().items()),
-            table.numpy().tobytes() if isinstance(table, torch.Tensor) else None)
+    data = None
+    if isinstance(table, torch.Tensor):
+        cached = schedule.__dict__.get("_rmmd_table_bytes")
+        if cached is None or cached[0] is not table or cached[1] != table._version:
+            cached = (table, table._version, table.numpy().tobytes())
+            schedule.__dict__["_rmmd_table_bytes"] = cached
+        data = cached[2]
+    return (type(schedule), tuple(schedule._params().items()), data)
+
+
+def _usable(memo, t) -> bool:
+    # inference tensors have no version counter; tensors that require grad are not cached
+    return (memo is not None and isinstance(t, torch.Tensor) and not t.requires_grad and not t.is_inference()
+            and not torch.compiler.is_compiling())
+
+
+def _lambda_based(schedule: Schedule) -> bool:
+    """Schedules whose alpha and sigma come from lambda (they override alpha_sigma_log_snr to evaluate it
+    once, e.g. DiscreteVP): one evaluation serves ``alpha_sigma`` and ``log_snr``, bit for bit."""
+    return type(schedule).alpha_sigma_log_snr is not Schedule.alpha_sigma_log_snr
 
 
 def schedule_call(schedule: Schedule, method: str, t):
     """``getattr(schedule, method)(t)``, memoised inside :func:`iteration_memo` (see the module doc)."""
     memo = _MEMO.get()
-    if (memo is None or not isinstance(t, torch.Tensor) or t.requires_grad or t.is_inference()
-            or torch.compiler.is_compiling()):  # inference tensors have no version counter
+    if not _usable(memo, t):
         return getattr(schedule, method)(t)
-    key = (id(t), t._version, method, _fingerprint(schedule))
+    fp = _fingerprint(schedule)
+    key = (id(t), t._version, method, fp)
     hit = memo.get(key)
     if hit is not None and hit[0] is t:
         return hit[1]
+    if method in ("alpha_sigma", "log_snr") and _lambda_based(schedule):
+        a, s, lam = schedule.alpha_sigma_log_snr(t)
+        pair = (a, s)
+        memo[(id(t), t._version, "alpha_sigma", fp)] = (t, pair)
+        memo[(id(t), t._version, "log_snr", fp)] = (t, lam)
+        return pair if method == "alpha_sigma" else lam
     out = getattr(schedule, method)(t)
     memo[key] = (t, out)  # holding t keeps its id from being reused by another tensor meanwhile
+    return out
+
+
+def memo_value(t, tag, compute):
+    """``compute()``, memoised inside :func:`iteration_memo` for the time tensor ``t`` (identity and version,
+    as :func:`schedule_call`) and the hashable ``tag``, which must name everything else the value depends
+    on (e.g. the schedule's :func:`_fingerprint`, a dtype). Outside the context: ``compute()``."""
+    memo = _MEMO.get()
+    if not _usable(memo, t):
+        return compute()
+    key = (id(t), t._version, "value", tag)
+    hit = memo.get(key)
+    if hit is not None and hit[0] is t:
+        return hit[1]
+    out = compute()
+    memo[key] = (t, out)
     return out
 
 

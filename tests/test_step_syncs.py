@@ -149,6 +149,9 @@ def test_schedule_memo_is_exact_and_keyed_on_identity_and_version():
             assert torch.equal(x, y)
         for x, y in zip(alpha_sigma_log_snr(a, t), a.alpha_sigma_log_snr(t)):
             assert torch.equal(x, y)
+        # DiscreteVP's alpha and sigma come from lambda: the alpha_sigma evaluation stored log_snr too
+        assert schedule_call(a, "log_snr", t) is schedule_call(b, "log_snr", t)
+        assert torch.equal(schedule_call(a, "log_snr", t), a.log_snr(t))
         t.mul_(0.5)  # in place: the version changes, so the entry is not reused
         again = schedule_call(a, "alpha_sigma", t)
         assert again is not first and torch.equal(again[0], a.alpha_sigma(t)[0])
@@ -156,3 +159,40 @@ def test_schedule_memo_is_exact_and_keyed_on_identity_and_version():
             ti = torch.rand(3, dtype=torch.float64)
             assert torch.equal(schedule_call(a, "alpha_sigma", ti)[0], a.alpha_sigma(ti)[0])
     assert schedule_call(a, "alpha_sigma", t) is not again  # outside the context: no memo
+
+
+def test_memo_value_and_denoiser_calls_share_per_time_values(monkeypatch):
+    """memo_value: one computation per (time tensor, tag) inside iteration_memo, none cached outside; a
+    Denoiser's x̂ coefficients and network time are shared by its calls at the same t, bit-identical to
+    the unmemoised call, for every parameterisation."""
+    import rmmd_core.denoiser as denoiser_mod
+    from rmmd_core import Denoiser
+    from rmmd_core.schedule_memo import iteration_memo, memo_value
+    from rmmd_core.toy import MLPNet
+
+    t = torch.rand(5, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    calls = []
+    with iteration_memo():
+        first = memo_value(t, "tag", lambda: calls.append(1) or t * 2)
+        assert memo_value(t, "tag", lambda: calls.append(1) or t * 3) is first and len(calls) == 1
+        memo_value(t, "other tag", lambda: calls.append(1) or t)
+        memo_value(t.clone(), "tag", lambda: calls.append(1) or t)
+        assert len(calls) == 3
+    memo_value(t, "tag", lambda: calls.append(1) or t)
+    assert len(calls) == 4
+
+    real = denoiser_mod.x0_coefficients
+    counted = []
+    monkeypatch.setattr(denoiser_mod, "x0_coefficients", lambda *a, **k: counted.append(1) or real(*a, **k))
+    z = torch.randn(5, 2, generator=torch.Generator().manual_seed(1))
+    for pred, sch in (("x0", "vp_cosine"), ("eps", "discrete_vp"), ("v", "vp_linear"), ("flow", "rectified_flow"),
+                      ("edm", "edm"), ("score", "vp_cosine")):
+        torch.manual_seed(0)
+        den = Denoiser(MLPNet(2, hidden=8, depth=1), sch, prediction=pred).eval()
+        with torch.no_grad():
+            direct = den(z, t)
+            counted.clear()
+            with iteration_memo():
+                a, b = den(z, t), den(z, t)
+        assert torch.equal(a, direct) and torch.equal(b, direct), pred
+        assert len(counted) == (0 if pred == "x0" else 1), (pred, counted)
