@@ -295,13 +295,20 @@ class Denoiser(nn.Module):
             opmath = torch.promote_types(z.dtype, torch.float32)
             oc, ou = out.to(opmath), out_u.to(opmath)
             out = (oc + w * (oc - ou)).to(z.dtype)
-        kw = {}
-        if self.prediction == "flow":
-            kw["dalpha"], kw["dsigma"] = self.schedule.alpha_sigma_derivatives(t)
-        elif self.prediction == "edm":
-            kw["sigma_data"] = self.schedule.sigma_data
-        a, c = x0_coefficients(alpha, sigma, self.prediction, **kw)
-        return out, a.to(torch.float64), c.to(torch.float64)
+
+        def coefficients():
+            kw = {}
+            if self.prediction == "flow":
+                kw["dalpha"], kw["dsigma"] = self.schedule.alpha_sigma_derivatives(t)
+            elif self.prediction == "edm":
+                kw["sigma_data"] = self.schedule.sigma_data
+            a, c = x0_coefficients(alpha, sigma, self.prediction, **kw)
+            return a.to(torch.float64), c.to(torch.float64)
+
+        # functions of t and the schedule only: shared within an iteration, and across iterations for a
+        # rollout plan's pinned grid times (schedule_memo.pin)
+        a, c = memo_value(t, ("affine_coefficients", self.prediction, _fingerprint(self.schedule)), coefficients)
+        return out, a, c
 
     def _to_x0(self, out, z, t, alpha, sigma, view, extra):
         """``to_x0(out, z, alpha, sigma)`` with alpha, sigma rounded to z's dtype, as :func:`to_x0` computes

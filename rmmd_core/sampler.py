@@ -13,6 +13,7 @@ import torch
 
 from . import ops
 from .denoiser import Cond, Denoiser
+from .schedule_memo import pin
 from .schedules import Schedule, get_schedule
 
 GRIDS = ("uniform", "karras")
@@ -226,11 +227,24 @@ class RolloutPlan:
     grid: torch.Tensor
     ends: tuple
     coefficients: tuple
+    _times: dict = field(default_factory=dict, compare=False, repr=False)
 
     @property
     def seeds_needed(self) -> int:
         """Philox seeds the rollout draws: one per step that does not end at s = 0."""
         return sum(1 for e in self.ends if e > 0.0)
+
+    def step_times(self, batch: int) -> tuple:
+        """``((t_j, s_j) for each step)`` as ``(batch,)`` float64 views of the grid, made once per batch size
+        and pinned (:func:`rmmd_core.schedule_memo.pin`): the schedule values, network time and x̂
+        coefficients of the grid times are computed on the first rollout and reused by later ones."""
+        got = self._times.get(batch)
+        if got is None:
+            if len(self._times) > 8:  # a few batch sizes per plan at most in practice; bounded anyway
+                self._times.clear()
+            got = self._times[batch] = tuple((pin(self.grid[j].expand(batch)), pin(self.grid[j + 1].expand(batch)))
+                                             for j in range(len(self.ends)))
+        return got
 
 
 def rollout_plan(schedule: Schedule, grid: torch.Tensor, eta: float, steps: int, device) -> RolloutPlan:
@@ -250,12 +264,12 @@ def run_rollout(denoiser: Denoiser, z: torch.Tensor, plan: RolloutPlan, cond: Co
     Philox seeds already drawn from ``generator`` (:func:`read_seeds`), else they are drawn per step."""
     fused = fused and can_fuse(denoiser)
     B, x_hat, calls = z.shape[0], None, 0
-    eta, grid_dev, ends, coefs = plan.eta, plan.grid, plan.ends, plan.coefficients
+    eta, ends, coefs = plan.eta, plan.ends, plan.coefficients
     steps = len(ends)
     seed_iter = iter(seeds) if seeds is not None else None
+    times = plan.step_times(B)
     for j in range(steps):
-        t = grid_dev[j].expand(B)
-        s = grid_dev[j + 1].expand(B)
+        t, s = times[j]
         coef_j = tuple(c[j] for c in coefs)
         to_zero = ends[j] <= 0.0
         seed = next(seed_iter) if seed_iter is not None and not to_zero else None

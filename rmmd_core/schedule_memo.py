@@ -10,6 +10,10 @@ value: no device->host read) at the same version (no in-place change since), for
 student's, teacher's and auxiliary's copies of one schedule share entries. The values are those of
 the direct call, bit for bit. Outside the context (and for tensors that require grad, inference
 tensors, or while torch.compile traces) every call goes straight to the schedule.
+
+:func:`memo_value` memoises any other per-time value the same way (a Denoiser's x̂ coefficients and
+network time), and :func:`pin` gives a constant time tensor a memo of its own that outlives the
+iteration: a rollout plan's grid times, evaluated once for the whole run instead of every iteration.
 """
 from __future__ import annotations
 
@@ -50,10 +54,22 @@ def _fingerprint(schedule: Schedule):
     return (type(schedule), tuple(schedule._params().items()), data)
 
 
-def _usable(memo, t) -> bool:
-    # inference tensors have no version counter; tensors that require grad are not cached
-    return (memo is not None and isinstance(t, torch.Tensor) and not t.requires_grad and not t.is_inference()
-            and not torch.compiler.is_compiling())
+def pin(t: torch.Tensor) -> torch.Tensor:
+    """Give the constant time tensor ``t`` its own memo, kept across iterations (and used outside
+    :func:`iteration_memo` too): for grid times that every iteration evaluates again (a rollout plan's
+    per-step times). Entries are keyed as in the iteration memo (version, schedule fingerprint, tag), so
+    a changed tensor or schedule computes afresh. Returns ``t``."""
+    t._rmmd_memo = {}
+    return t
+
+
+def _store(t) -> dict | None:
+    """The memo serving time tensor ``t``: its pinned memo, else the iteration's; None when not usable
+    (inference tensors have no version counter; tensors that require grad are not cached)."""
+    if not isinstance(t, torch.Tensor) or t.requires_grad or t.is_inference() or torch.compiler.is_compiling():
+        return None
+    pinned = t.__dict__.get("_rmmd_memo")
+    return pinned if pinned is not None else _MEMO.get()
 
 
 def _lambda_based(schedule: Schedule) -> bool:
@@ -64,8 +80,8 @@ def _lambda_based(schedule: Schedule) -> bool:
 
 def schedule_call(schedule: Schedule, method: str, t):
     """``getattr(schedule, method)(t)``, memoised inside :func:`iteration_memo` (see the module doc)."""
-    memo = _MEMO.get()
-    if not _usable(memo, t):
+    memo = _store(t)
+    if memo is None:
         return getattr(schedule, method)(t)
     fp = _fingerprint(schedule)
     key = (id(t), t._version, method, fp)
@@ -87,8 +103,8 @@ def memo_value(t, tag, compute):
     """``compute()``, memoised inside :func:`iteration_memo` for the time tensor ``t`` (identity and version,
     as :func:`schedule_call`) and the hashable ``tag``, which must name everything else the value depends
     on (e.g. the schedule's :func:`_fingerprint`, a dtype). Outside the context: ``compute()``."""
-    memo = _MEMO.get()
-    if not _usable(memo, t):
+    memo = _store(t)
+    if memo is None:
         return compute()
     key = (id(t), t._version, "value", tag)
     hit = memo.get(key)
@@ -102,7 +118,7 @@ def memo_value(t, tag, compute):
 def alpha_sigma_log_snr(schedule: Schedule, t):
     """``schedule.alpha_sigma_log_snr(t)`` from the memoised ``alpha_sigma`` and ``log_snr`` (the same
     values: every schedule's alpha_sigma_log_snr is those two, DiscreteVP's evaluating lambda once)."""
-    if _MEMO.get() is None:
+    if _store(t) is None:
         return schedule.alpha_sigma_log_snr(t)
     a, s = schedule_call(schedule, "alpha_sigma", t)
     return a, s, schedule_call(schedule, "log_snr", t)

@@ -196,3 +196,40 @@ def test_memo_value_and_denoiser_calls_share_per_time_values(monkeypatch):
                 a, b = den(z, t), den(z, t)
         assert torch.equal(a, direct) and torch.equal(b, direct), pred
         assert len(counted) == (0 if pred == "x0" else 1), (pred, counted)
+
+
+def test_pinned_time_tensors_keep_their_memo_across_iterations():
+    """schedule_memo.pin: a constant time tensor's values are computed once and reused outside and across
+    iteration memos; an in-place change or another schedule computes afresh. A rollout plan pins its grid
+    times, so the second rollout evaluates none of the schedule at them."""
+    from rmmd_core import Denoiser
+    from rmmd_core.sampler import rollout_plan, run_rollout, time_grid
+    from rmmd_core.schedule_memo import iteration_memo, pin, schedule_call
+    from rmmd_core.toy import MLPNet
+
+    a = DiscreteVP.from_diffusers_config(num_train_timesteps=1000)
+    other = DiscreteVP.from_diffusers_config(num_train_timesteps=1000, beta_end=0.03)
+    t = pin(torch.full((4,), 0.3, dtype=torch.float64))
+    first = schedule_call(a, "alpha_sigma", t)
+    with iteration_memo():
+        assert schedule_call(a, "alpha_sigma", t) is first
+    assert schedule_call(a, "alpha_sigma", t) is first
+    assert schedule_call(other, "alpha_sigma", t) is not first
+    t.add_(0.1)
+    again = schedule_call(a, "alpha_sigma", t)
+    assert again is not first and torch.equal(again[0], a.alpha_sigma(t)[0])
+
+    torch.manual_seed(0)
+    den = Denoiser(MLPNet(2, hidden=8, depth=1), a, prediction="eps", time_input="index")
+    plan = rollout_plan(a, time_grid(3, a), 1.0, 3, torch.device("cpu"))
+    evaluated = []
+    real = a.alpha_sigma_log_snr
+    a.alpha_sigma_log_snr = lambda tt: evaluated.append(1) or real(tt)
+    z = torch.randn(5, 2, generator=torch.Generator().manual_seed(2))
+    outs = []
+    for _ in range(2):
+        with torch.no_grad(), iteration_memo():
+            outs.append(run_rollout(den, z, plan, generator=torch.Generator().manual_seed(3))[0])
+    assert len(evaluated) == 3  # the 3 step start times, on the first rollout only
+    assert torch.equal(outs[0], outs[1])
+    assert plan.step_times(5) is plan.step_times(5) and plan.step_times(7) is not plan.step_times(5)
