@@ -7,6 +7,8 @@ every row alike), with medians:
 * ``ours``: ``rmmd_core.step()`` in the phase-1 on-policy mode (continuous variant, K student steps,
   teacher reference, Adam updates of student and auxiliary, EMA), once per fused-op backend
   (``reference`` = pure PyTorch, plus the fused backend of the device: ``cpu`` C++ / ``cuda`` / ``triton``);
+  for the diffusers models also ``ours, fused Adam`` (``RMMDConfig(adam="fused")``, compared with the
+  default floor: what the opt-in saves per iteration); for the UNets ``ours, ckpt student`` (memory);
 * ``floor``: the SAME network calls (recorded with forward pre-hooks during a real step: same modules,
   inputs, grad modes) replayed with a trivial loss (mean of each recorded output), one backward per
   trained network and the same optimiser steps. No schedule math, no cotangent, no EMA, no clipping;
@@ -263,17 +265,19 @@ class Row:
         return 1e3 * statistics.median(self.cpu_times) if self.cpu_times else float("nan")
 
 
-def ours_rows(spec: Spec, device, backends, num_steps=None, with_floor=True, checkpoint=False) -> list:
+def ours_rows(spec: Spec, device, backends, num_steps=None, with_floor=True, checkpoint=False,
+              adam: str = "foreach") -> list:
     """Rows of ``rmmd_core.step()`` per backend (+ the floor of the first). ``checkpoint``: the student's
     network activation-checkpointed as a whole (its graph is recomputed in backward: one more forward,
-    which the hooks do not see since checkpoint re-runs ``forward`` directly)."""
+    which the hooks do not see since checkpoint re-runs ``forward`` directly). ``adam``: the engine's
+    Adam implementation (``RMMDConfig.adam``; the row is labelled when not the default)."""
     from rmmd_core.activation import checkpoint_activations
 
     K = spec.num_steps if num_steps is None else num_steps
     rows = []
     for b in backends:
         teacher = spec.make_teacher().to(device)
-        cfg = RMMDConfig(num_steps=K, ema_decay=0.999)
+        cfg = RMMDConfig(num_steps=K, ema_decay=0.999, adam=adam)
         eng = RMMD(teacher, config=cfg, sample_shape=spec.shape, seed=0, backend=b)
         if checkpoint:
             checkpoint_activations(eng.student.net, lambda m, net=eng.student.net: m is net)
@@ -287,8 +291,8 @@ def ours_rows(spec: Spec, device, backends, num_steps=None, with_floor=True, che
         m = fn()
         log.record = False
         assert sum(log.fwd.values()) == m["calls_total"] and sum(log.grad.values()) == m["calls_grad"], (log.fwd, m)
-        row = Row(spec.name, "ours, ckpt student" if checkpoint else "ours", b, K, fn, sum(log.fwd.values()),
-                  sum(log.grad.values()), calls=list(log.shapes))
+        impl = "ours, ckpt student" if checkpoint else "ours" if adam == "foreach" else f"ours, {adam} Adam"
+        row = Row(spec.name, impl, b, K, fn, sum(log.fwd.values()), sum(log.grad.values()), calls=list(log.shapes))
         rows.append(row)
         if with_floor and b == backends[0]:
             trained = [(eng.student.net, eng.student_optimizer), (eng.auxiliary.net, eng.aux_optimizer)]
@@ -486,6 +490,8 @@ def build_rows(names, specs, device, backends, peer: bool, k_sweep) -> list:
         rows += ours_rows(spec, device, backends)
         if spec.name.startswith("unet"):  # the memory knob: recompute the student's graph in backward
             rows += ours_rows(spec, device, backends[:1], with_floor=False, checkpoint=True)
+        if spec.kind == "diffusers":  # the speed knob: torch's fused Adam (RMMDConfig(adam="fused"))
+            rows += ours_rows(spec, device, backends[:1], with_floor=False, adam="fused")
         if peer and spec.peer:
             rows += peer_rows(spec, device)
     for K in k_sweep:

@@ -42,6 +42,8 @@ def test_smoke_run_table_and_counts(tmp_path, capsys):
             want = sum(n / ref * (c if g else 1.0) for n, g in zip(r["call_rows"], r["call_grad"]))
             assert r["fwd_eq"] == pytest.approx(want) and r["ms_per_fwd_eq"] == pytest.approx(r["ms_median"] / want)
     assert "fwd-eq / iter" in text and "ms / fwd-eq" in text and "overhead vs floor+clip+EMA" in text
+    fused = [r for r in res["rows"] if r["impl"] == "ours, fused Adam"]
+    assert [r["config"] for r in fused] == ["unet-xs"] and (fused[0]["fwd"], fused[0]["grad_calls"]) == (4, 2)
     sweep = {r["config"]: r["fwd"] for r in res["rows"] if " K=" in r["config"]}
     assert sweep == {"2d K=1": 4, "2d K=2": 5}
 
