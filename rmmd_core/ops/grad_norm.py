@@ -37,22 +37,26 @@ def _validate_tensors(tensors) -> list[torch.Tensor]:
         raise TypeError(f"tensors must be a list or tuple of torch.Tensor, got {type(tensors).__name__}")
     tensors = list(tensors)
     device = None
-    for i, t in enumerate(tensors):
-        _checks.tensor(t, f"tensors[{i}]")
-        if t.dtype not in _checks.DATA_DTYPES:
+    dtypes = _checks.DATA_DTYPES
+    for i, t in enumerate(tensors):  # kept lean: this runs per tensor, ~100 tensors per call in a step
+        if not isinstance(t, torch.Tensor):
+            _checks.tensor(t, f"tensors[{i}]")
+        if t.dtype not in dtypes:
             raise TypeError(f"tensors[{i}] must be float32, float64, float16 or bfloat16, got {t.dtype}")
         if _is_dtensor(t):
             raise TypeError(f"tensors[{i}] is a DTensor: pass its local shard (to_local()) or use torch's "
                             "get_total_norm / clip_grads_with_norm_, which reduce across ranks")
-        device = t.device if device is None else device
-        if t.device != device:
+        if device is None:
+            device = t.device
+        elif t.device != device:
             raise ValueError(f"tensors[{i}] must be on tensors[0]'s device {device}, got {t.device}")
     return tensors
 
 
 def _is_dtensor(t: torch.Tensor) -> bool:
-    # DTensor is a tensor subclass; a plain type check avoids importing torch.distributed here.
-    return type(t) is not torch.Tensor and type(t).__name__ == "DTensor"
+    # DTensor is a tensor subclass; a type check avoids importing torch.distributed here.
+    cls = type(t)
+    return cls is not torch.Tensor and cls is not torch.nn.Parameter and cls.__name__ == "DTensor"
 
 
 @torch.no_grad()
@@ -81,7 +85,7 @@ def grad_norm(tensors: Sequence[torch.Tensor], backend: str | None = None) -> to
     tensors = _validate_tensors(tensors)
     if not tensors:
         return torch.zeros((), dtype=torch.float32)
-    tensors = [t.detach() for t in tensors]
+    # no detach: under no_grad nothing is recorded, and the kernels only read the values
     name = dispatch.resolve_backend("grad_norm", tensors[0], backend=backend)
     if name == "reference":
         return grad_norm_ref(tensors)
