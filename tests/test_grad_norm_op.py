@@ -287,3 +287,38 @@ def test_forced_backend_that_cannot_run_raises(monkeypatch):
         ops.grad_norm([torch.ones(3)])
     with pytest.raises(RuntimeError, match="cannot run rmmd_core::grad_scale"):
         ops.grad_scale_([torch.ones(3)], torch.tensor(0.5))
+
+
+def test_dtensor_gradients_stay_on_torchs_path():
+    """FSDP2 (DTensor) gradients: the public op refuses them by name, and the engine's backward_checks falls
+    back to torch's get_total_norm / clip_grads_with_norm_ (one-process gloo group, a 1-device mesh)."""
+    dist = pytest.importorskip("torch.distributed")
+    if not dist.is_available():
+        pytest.skip("torch built without distributed")
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.tensor import Shard, distribute_tensor
+
+    from rmmd_core.engine import backward_checks
+
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    try:
+        mesh = init_device_mesh("cpu", (1,))
+        torch.manual_seed(9)
+        lin = torch.nn.Linear(5, 3)
+        for name in ("weight", "bias"):
+            setattr(lin, name, torch.nn.Parameter(distribute_tensor(getattr(lin, name).detach(), mesh, [Shard(0)])))
+        opt = torch.optim.SGD(lin.parameters(), lr=0.1)
+        loss = 10 * (lin.weight.to_local().square().sum() + lin.bias.to_local().sum())
+        checks = backward_checks(loss, lin, opt, 1.0, "cpu")
+        with pytest.raises(TypeError, match=r"^tensors\[0\] is a DTensor"):
+            ops.grad_norm([lin.weight.grad])
+        grads = [p.grad.full_tensor() for p in (lin.weight, lin.bias)]
+        expected = float(torch.cat([g.flatten() for g in grads]).norm())
+        assert checks.backend_norm is None and hasattr(checks.total, "full_tensor")  # torch's DTensor norm
+        norm, skipped = checks.finish({k: float(v) for k, v in checks.tensors.items()})
+        assert not skipped and norm == pytest.approx(expected, rel=1e-6) and norm > 1.0
+        assert checks.backend_scale is None  # clipped by clip_grads_with_norm_, not by the fused op
+        clipped = torch.cat([p.grad.full_tensor().flatten() for p in (lin.weight, lin.bias)])
+        assert float(clipped.norm()) == pytest.approx(1.0, rel=1e-5)
+    finally:
+        dist.destroy_process_group()
