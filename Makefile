@@ -25,11 +25,13 @@ pareto: setup
 test: setup
 	$(PY) -m pytest -q -p no:cacheprovider tests
 
-# every fused op (JSON + PNG under benchmarks/results/), then the CRPS ops and the reward / EMA ops
+# every fused op (JSON + PNG under benchmarks/results/), then the CRPS ops, the reward / EMA ops and the
+# gradient norm / clip ops
 bench: setup
 	$(PY) benchmarks/bench_ops.py
 	$(PY) benchmarks/bench_crps.py
 	$(PY) benchmarks/bench_rewards_ema.py
+	$(PY) benchmarks/bench_grad_norm.py
 
 bench-memory: setup
 	$(PY) benchmarks/bench_memory.py

@@ -221,6 +221,9 @@ class RMMD:
 
 
 def _is_dtensor(t: torch.Tensor) -> bool:
+    # plain tensors answer without the import (this runs per gradient in backward_checks)
+    if type(t) is torch.Tensor or type(t) is torch.nn.Parameter:
+        return False
     try:
         from torch.distributed.tensor import DTensor
     except ImportError:  # torch built without distributed
@@ -270,11 +273,16 @@ class UpdateChecks:
     """What :func:`backward_checks` leaves on the device for one module: ``tensors`` (``finite``: the loss
     is finite; ``norm``: the global gradient norm; ``coef``: clip_grads_with_norm_'s coefficient
     ``grad_clip / (norm + 1e-6)``), to be read by the caller (with anything else) and passed to
-    :meth:`finish` as floats. Single-process only (no cross-rank agreement)."""
+    :meth:`finish` as floats. Single-process only (no cross-rank agreement).
 
-    def __init__(self, module, optimizer, grad_clip, params, total, tensors):
+    ``backend_norm`` / ``backend_scale``: the fused-op backends the norm and (after :meth:`finish`) the
+    clip ran on (step metrics ``backend_grad_norm`` / ``backend_grad_scale``); None when torch's own
+    functions ran instead (DTensor gradients) or no clip was needed."""
+
+    def __init__(self, module, optimizer, grad_clip, params, total, tensors, backend_norm=None):
         self.module, self.optimizer, self.grad_clip = module, optimizer, grad_clip
         self.params, self.total, self.tensors = params, total, tensors
+        self.backend_norm, self.backend_scale = backend_norm, None
 
     def finish(self, values: dict) -> tuple[float, bool]:
         """Clip and step as :func:`finish_update` would, from the read ``values``; ``(grad_norm, skipped)``."""
@@ -284,8 +292,14 @@ class UpdateChecks:
         norm = values.get("norm", 0.0)
         if self.params and self.grad_clip is not None and math.isfinite(norm):
             sharded = hasattr(self.total, "full_tensor")
-            if sharded or values["coef"] < 1.0:
+            if sharded:
                 torch.nn.utils.clip_grads_with_norm_(self.params, self.grad_clip, self.total, None)
+            elif values["coef"] < 1.0:
+                # clip_grads_with_norm_'s multiply, one fused pass: coef stays on the device, clamped to 1
+                # exactly as torch does (the clamp changes nothing here since coef < 1 was read)
+                coef = torch.clamp(self.tensors["coef"], max=1.0)
+                self.backend_scale = self.backend_norm
+                _fused_grad_scale([p.grad for p in self.params], coef, self.backend_scale)
         if not math.isfinite(norm):
             self.optimizer.zero_grad(set_to_none=True)
             return norm, True
@@ -294,27 +308,55 @@ class UpdateChecks:
 
 
 def backward_checks(loss: torch.Tensor, module: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                    grad_clip: float | None) -> UpdateChecks:
+                    grad_clip: float | None, backend: str | None = None) -> UpdateChecks:
     """:func:`apply_update` without its host reads: zero the gradients, backward, and leave the finite
     check, the gradient norm and the clip coefficient on the device (:class:`UpdateChecks`).
 
     Unlike :func:`apply_update` the backward runs before the loss is known to be finite (a non-finite
     loss's gradients are then dropped by :meth:`UpdateChecks.finish`), so one read can serve several
-    modules; the resulting weights, optimiser state and returned numbers are the same. Single process
-    only: under DDP / FSDP the ranks must agree on skipping before the backward (use apply_update)."""
+    modules; the resulting weights, optimiser state and returned numbers are the same, except that the
+    norm is the fused :func:`rmmd_core.ops.grad_norm` on ``backend`` (the engine's): squares summed in
+    float64 instead of torch's per-tensor float32 norms, ~1e-7 relative apart; the clip is
+    :func:`rmmd_core.ops.grad_scale_` with clip_grads_with_norm_'s float32 coefficient. FSDP2 (DTensor)
+    gradients keep torch's get_total_norm / clip_grads_with_norm_. Single process only: under DDP / FSDP
+    the ranks must agree on skipping before the backward (use apply_update)."""
     optimizer.zero_grad(set_to_none=True)
     tensors = {"finite": torch.isfinite(loss.detach()).all()}
     loss.backward()
     params = grads_of(module)
-    total = None
+    total, name = None, None
     if params:
-        total = torch.nn.utils.get_total_norm([p.grad for p in params], 2.0, False, None)
+        grads = [p.grad for p in params]
+        if any(map(_is_dtensor, grads)):  # FSDP2: torch's path, whose DTensor norm is already global
+            total = torch.nn.utils.get_total_norm(grads, 2.0, False, None)
+        else:
+            name = ops.resolve_backend("grad_norm", grads[0], backend=backend)
+            total = _fused_grad_norm(grads, name)
         sharded = hasattr(total, "full_tensor")  # FSDP2: a DTensor holding the (already global) norm
         tensors["norm"] = total.full_tensor() if sharded else total
         if grad_clip is not None and not sharded:  # sharded gradients are always clipped (finish_update)
             # the same float32 coefficient clip_grads_with_norm_ computes (so the decision is exact)
             tensors["coef"] = float(grad_clip) / (total + 1e-6)
-    return UpdateChecks(module, optimizer, grad_clip, params, total, tensors)
+    return UpdateChecks(module, optimizer, grad_clip, params, total, tensors, name)
+
+
+def _fused_grad_norm(grads: list[torch.Tensor], name: str) -> torch.Tensor:
+    """``ops.grad_norm(grads)`` on backend ``name``. The C++ ops (cpu / cuda) are called directly: they check
+    every tensor's dtype and device themselves, and the Python entry point's per-tensor validation (~0.4 us
+    a tensor, ~50 us for a 100-tensor model) would cost more than the kernel; DTensors never get here."""
+    if name in ("cpu", "cuda"):
+        with torch.no_grad():
+            return torch.ops.rmmd_core.grad_norm(grads)
+    return ops.grad_norm(grads, backend=name)
+
+
+def _fused_grad_scale(grads: list[torch.Tensor], coef: torch.Tensor, name: str) -> None:
+    """``ops.grad_scale_(grads, coef)`` on backend ``name`` (the C++ ops directly, as in _fused_grad_norm)."""
+    if name in ("cpu", "cuda"):
+        with torch.no_grad():
+            torch.ops.rmmd_core.grad_scale(grads, coef)
+    else:
+        ops.grad_scale_(grads, coef, backend=name)
 
 
 def discard_backward(loss: torch.Tensor, module: torch.nn.Module) -> None:

@@ -31,6 +31,7 @@ from .ops import dispatch
 from .ops.denoise_reference import denoise_step_ref
 from .ops.crps_reference import crps_fair_ref, forecast_stats_ref
 from .ops.ema_reference import ema_update_ref
+from .ops.grad_norm_reference import grad_norm_ref, grad_scale_ref
 from .ops.reference import aux_loss_ref, posterior_step_ref, renoise_ref, rmmd_cotangent_ref
 from .ops.reward_reference import grayscale_reward_ref, laplacian_reward_ref
 
@@ -96,6 +97,21 @@ def _ema_update(backend: str):
     return ema, ema_ref
 
 
+def _grad_norm(backend: str):
+    # a mixed-dtype gradient list with a strided view, as the engine's clip would see it
+    grads = [_rand(257), _rand(5, 3).to(torch.bfloat16), _rand(7, 4).t()]
+    return ops.grad_norm(grads, backend=backend), grad_norm_ref(grads)
+
+
+def _grad_scale(backend: str):
+    grads = [_rand(257), _rand(5, 3).to(torch.bfloat16)]
+    grads_ref = [g.clone() for g in grads]
+    coef = torch.tensor(0.37)
+    ops.grad_scale_(grads, coef, backend=backend)
+    grad_scale_ref(grads_ref, coef)
+    return grads, grads_ref
+
+
 def _crps_fair(backend: str):
     ens, y, w = _rand(5, 2, 3, 37), _rand(2, 3, 37), 0.5 + torch.rand(3, 1)
     return ops.crps_fair(ens, y, w, backend=backend), crps_fair_ref(ens, y, w)
@@ -114,7 +130,7 @@ SELF_TESTS: dict[str, Callable[[str], tuple]] = {
     "posterior_step": _posterior_step, "renoise": _renoise, "denoise_step": _denoise_step,
     "rmmd_cotangent": _rmmd_cotangent, "aux_loss": _aux_loss, "grayscale_reward": _grayscale_reward,
     "laplacian_reward": _laplacian_reward, "ema_update": _ema_update, "crps_fair": _crps_fair,
-    "forecast_stats": _forecast_stats,
+    "forecast_stats": _forecast_stats, "grad_norm": _grad_norm, "grad_scale": _grad_scale,
 }
 """op -> ``backend -> (outputs, reference outputs)``; ops added elsewhere register here to be self-tested."""
 

@@ -470,7 +470,8 @@ def step(engine: RMMD, data: torch.Tensor | None = None, cond: Cond = None, *, b
     backend every fused op ran on, else ``op=name`` pairs) and ``backend_<op>`` for each fused op that ran
     this iteration (``posterior_step``, ``denoise_step`` (fused rollout steps), ``renoise``,
     ``rmmd_cotangent``, ``aux_loss``, the reward's op ``grayscale_reward`` / ``laplacian_reward`` /
-    ``crps_fair`` for the built-in rewards, ``ema_update`` on iterations that update the EMA). Built-in
+    ``crps_fair`` for the built-in rewards, ``ema_update`` on iterations that update the EMA, ``grad_norm`` and,
+    when a gradient was clipped, ``grad_scale`` on the single-process path). Built-in
     rewards without a ``backend`` of their own run on the engine's backend.
     """
     with iteration_memo():  # schedule values shared between the calls at the same t / s (schedule_memo)
@@ -496,15 +497,19 @@ def step(engine: RMMD, data: torch.Tensor | None = None, cond: Cond = None, *, b
         # then the metrics, both finite checks, gradient norms and clip decisions in ONE host read, then
         # both optimiser steps. A non-finite loss is detected after its backward (its gradients are
         # dropped), so weights, optimiser state and every metric are those of apply_update.
-        checks = {"aux": backward_checks(out.aux_loss, engine.auxiliary, engine.aux_optimizer, clip)}
+        checks = {"aux": backward_checks(out.aux_loss, engine.auxiliary, engine.aux_optimizer, clip, engine.backend)}
         if out.student_loss is not None:
-            checks["student"] = backward_checks(out.student_loss, engine.student, engine.student_optimizer, clip)
+            checks["student"] = backward_checks(out.student_loss, engine.student, engine.student_optimizer, clip,
+                                                engine.backend)
         values = read_scalars({**scalars, **{f"{k}/{n}": v for k, c in checks.items() for n, v in c.tensors.items()}})
         m.update({k: values[k] for k in scalars})
         grad_norm_aux, skipped_a = checks["aux"].finish({n: values[f"aux/{n}"] for n in checks["aux"].tensors})
         if out.student_loss is not None:
             grad_norm, skipped_s = checks["student"].finish(
                 {n: values[f"student/{n}"] for n in checks["student"].tensors})
+        for c in checks.values():  # the gradient norm / clip ops (engine.backward_checks)
+            add_backend_metric(m, "grad_norm", c.backend_norm)
+            add_backend_metric(m, "grad_scale", c.backend_scale)
     if out.student_loss is not None:
         if not skipped_s:
             engine.student_updates += 1

@@ -69,3 +69,21 @@ def test_rewards_ema_smoke_run_times_every_case_against_a_matched_copy(tmp_path,
     for r in rows:
         assert r["ms"] > 0 and r["gbs"] > 0 and r["copy_gbs"] > 0
     assert "| case | dtype | elements | provider |" in capsys.readouterr().out
+
+
+def test_grad_norm_smoke_run_times_both_ops_and_reports_the_norm_difference(tmp_path, capsys):
+    """benchmarks/bench_grad_norm.py --smoke (make bench runs it): both ops time against eager and compiled
+    torch and the fused backend, and the norm's relative difference to get_total_norm is tiny."""
+    path = _PATH.parent / "bench_grad_norm.py"
+    spec = importlib.util.spec_from_file_location("bench_grad_norm", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    out = tmp_path / "grad_norm.json"
+    assert mod.main(["--smoke", "--out", str(out)]) == 0
+    rows = json.loads(out.read_text())["rows"]
+    assert {r["case"].split(" ")[0] for r in rows} == set(mod.CASES)
+    assert {"reference", "reference_compiled"} <= {r["provider"] for r in rows}
+    for r in rows:
+        assert r["ms"] > 0 and r["gbs"] > 0 and r["copy_gbs"] > 0
+        assert 0.0 <= r["norm_rel_diff"] < 1e-5
+    assert "Norm vs torch.nn.utils.get_total_norm" in capsys.readouterr().out

@@ -93,10 +93,15 @@ def test_accumulating_one_micro_batch_is_step():
     data = MIX.sample(32, torch.Generator().manual_seed(0))
     m1 = step(a, data=data, generator=torch.Generator().manual_seed(5))
     m2 = accumulate_step(b, [{"data": data, "generator": torch.Generator().manual_seed(5)}])
-    for k in ("student_loss", "aux_loss", "grad_norm", "grad_norm_aux", "iteration"):
+    for k in ("student_loss", "aux_loss", "iteration"):
         assert m1[k] == m2[k], k
+    # step's single-process path takes the gradient norm with ops.grad_norm (squares summed in float64),
+    # accumulate_step with torch's get_total_norm (per-tensor float32 norms): a few float32 ulp apart, and
+    # the clip coefficient (grad_clip = 1) with them; the losses above are computed identically
+    for k in ("grad_norm", "grad_norm_aux"):
+        assert m1[k] == pytest.approx(m2[k], rel=4e-6, abs=0), k
     for p, q in zip(a.student.parameters(), b.student.parameters()):
-        assert torch.equal(p, q)
+        torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-8)
 
 
 def test_accumulated_gradient_is_the_row_weighted_mean():

@@ -46,7 +46,7 @@ def test_builtin_image_reward_runs_on_the_engine_backend(monkeypatch, backend, r
     assert seen == [backend]  # the op was asked for the engine's backend
     assert m[f"backend_{op}"] == backend
     for key in ("backend_posterior_step", "backend_denoise_step", "backend_renoise", "backend_rmmd_cotangent",
-                "backend_aux_loss", "backend_ema_update"):
+                "backend_aux_loss", "backend_ema_update", "backend_grad_norm"):
         assert m[key] == backend, key
     assert m["backend"] == backend  # one backend everywhere: the summary is its name
 
@@ -119,3 +119,44 @@ def test_reward_kwargs_may_be_named_like_the_engine_arguments():
     v, g = rw.engine_value_and_grad(torch.ones(2, 3), None, "reference", True, backend="mine", need_grad="also")
     assert got == {"backend": "mine", "need_grad": "also"} and g.shape == (2, 3)
     assert rw.backend_used(torch.ones(2, 3), "cpu") == {}  # not a fused op
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_gradient_norm_and_clip_run_on_the_engine_backend(monkeypatch, backend):
+    """Single-process step: the gradient norm is the grad_norm op and the clip the grad_scale op (only when
+    the coefficient is below 1), both on the engine's backend; the norm is torch's get_total_norm up to the
+    float64 accumulation (~1e-7 relative)."""
+    monkeypatch.delenv(ops.dispatch.BACKEND_ENV, raising=False)
+    from rmmd_core import engine as engine_mod
+
+    norms, scales = [], []
+    real_norm, real_scale = engine_mod._fused_grad_norm, engine_mod._fused_grad_scale
+
+    def spy_norm(grads, name):
+        out = real_norm(grads, name)
+        norms.append((name, out, torch.nn.utils.get_total_norm(grads, 2.0)))
+        return out
+
+    def spy_scale(grads, coef, name):
+        scales.append(name)
+        return real_scale(grads, coef, name)
+
+    monkeypatch.setattr(engine_mod, "_fused_grad_norm", spy_norm)
+    monkeypatch.setattr(engine_mod, "_fused_grad_scale", spy_scale)
+    torch.manual_seed(0)
+    teacher = Denoiser(MLPNet(2, hidden=16, depth=2), "vp_cosine", prediction="x0")
+    for clip, clipped in ((1e-4, True), (None, False), (1e6, False)):
+        norms.clear(), scales.clear()
+        cfg = RMMDConfig(num_steps=2, ema_decay=None, grad_clip=clip)
+        eng = RMMD(teacher, config=cfg, sample_shape=(2,), seed=0, backend=backend)
+        m = step(eng, batch_size=4)
+        assert m["backend_grad_norm"] == backend and len(norms) == 2  # auxiliary and student
+        assert all(b == backend for b, _, _ in norms)
+        for _, ours, theirs in norms:
+            torch.testing.assert_close(ours, theirs, rtol=4e-6, atol=0)
+        assert m["grad_norm"] == float(norms[1][1])  # the student's norm is reported as computed
+        if clipped:  # modules whose clip coefficient is below 1 (the auxiliary's first gradient may be ~0)
+            over = [n for _, n, _ in norms if float(clip / (n + 1e-6)) < 1.0]
+            assert over and m["backend_grad_scale"] == backend and scales == [backend] * len(over)
+        else:
+            assert "backend_grad_scale" not in m and scales == []

@@ -1,0 +1,170 @@
+"""Benchmark the multi-tensor gradient-clipping ops ``grad_norm`` and ``grad_scale_`` on real gradient lists,
+beside a copy moving the same bytes, and report how far the float64-accumulated norm is from torch's.
+
+A sibling of bench_rewards_ema.py (same timer, table and JSON conventions, imported from bench_ops.py).
+Gradient lists (one run, same machine):
+  dit-s / unet-s      the student gradients after one ``rmmd_core.step()`` of benchmarks/bench_step.py's
+                      DiT small / UNet small configurations (real gradients: 100+ tensors, mostly small)
+  flat-25m            a ~25M-element model-like list (4 large matrices + 96 odd vectors, random values)
+Providers:
+  reference           eager torch: ``torch.nn.utils.get_total_norm`` / ``torch._foreach_mul_`` (what
+                      ``clip_grad_norm_`` and the engine ran before the fused ops)
+  reference_compiled  ``torch.compile`` of the same function, compiled outside timing
+  cpu                 the ATen kernel (CPU tensors)
+  triton / cuda       on CUDA tensors only (the Triton interpreter is a correctness tool, never timed)
+Bytes moved per call (N = elements, s = element size): grad_norm N s (read); grad_scale N 2 s (read + write).
+The "rel diff" column: |ours - torch| / torch for the norm (float64 vs per-tensor float32 accumulation).
+
+    python benchmarks/bench_grad_norm.py --smoke
+    python benchmarks/bench_grad_norm.py --lists dit-s unet-s flat-25m --dtypes float32 bfloat16
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+import torch
+
+from rmmd_core import ops
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from bench_ops import _copy_gbs, _time, markdown  # noqa: E402  (same timer, copy baseline and table as bench_ops.py)
+from bench_posterior_step import _environment  # noqa: E402
+
+CASES = {"grad_norm": 1, "grad_scale": 2}  # streams moved per element
+LISTS = ("dit-s", "unet-s", "flat-25m")
+SMOKE_LISTS = ("flat-64k",)
+
+
+def _step_gradients(config: str, device) -> list[torch.Tensor]:
+    """The student's gradients after one step of bench_step.py's ``config`` (the engine keeps them)."""
+    from bench_step import CONFIGS
+
+    from rmmd_core import RMMD, RMMDConfig, step
+
+    spec = CONFIGS[config]
+    teacher = spec.make_teacher().to(device)
+    eng = RMMD(teacher, config=RMMDConfig(num_steps=spec.num_steps, ema_decay=None), sample_shape=spec.shape, seed=0)
+    step(eng, cond=spec.cond(device), batch_size=spec.batch)
+    return [p.grad.detach().clone() for p in eng.student.parameters() if p.grad is not None]
+
+
+def _model_like(numel: int, device) -> list[torch.Tensor]:
+    """70% of N in 4 matrices, the rest in 96 vectors of odd sizes (as bench_rewards_ema.py's EMA lists)."""
+    big = [int(0.7 * numel) // 4] * 4
+    rest = numel - sum(big)
+    small = [max(1, rest // 96 + (k % 7) - 3) for k in range(96)]
+    return [1e-3 * torch.randn(n, device=device) for n in big + small]
+
+
+def gradient_list(name: str, dtype, device) -> list[torch.Tensor]:
+    if name == "flat-25m":
+        grads = _model_like(25_000_000, device)
+    elif name == "flat-64k":
+        grads = _model_like(65_536, device)
+    else:
+        torch.manual_seed(0)
+        grads = _step_gradients(name, device)
+    return [g.to(dtype) for g in grads]
+
+
+def _torch_norm(grads):
+    return torch.nn.utils.get_total_norm(grads, 2.0, False, None)
+
+
+def _torch_scale(grads, coef):
+    torch._foreach_mul_(grads, coef)
+
+
+def _fn(case, provider, grads, coef, cache):
+    if case == "grad_norm":
+        if provider == "reference":
+            return lambda: _torch_norm(grads)
+        if provider == "reference_compiled":
+            key = (case, len(grads), grads[0].dtype, grads[0].numel())
+            cache.setdefault(key, torch.compile(_torch_norm, dynamic=False))
+            return lambda: cache[key](grads)
+        return lambda: ops.grad_norm(grads, backend=provider)
+    if provider == "reference":
+        return lambda: _torch_scale(grads, coef)
+    if provider == "reference_compiled":
+        key = (case, len(grads), grads[0].dtype, grads[0].numel())
+        cache.setdefault(key, torch.compile(_torch_scale, dynamic=False))
+        return lambda: cache[key](grads, coef)
+    return lambda: ops.grad_scale_(grads, coef, backend=provider)
+
+
+def _providers(device: str, case: str) -> list[str]:
+    names = ["reference", "reference_compiled"]
+    probe = torch.empty(1, device=device)
+    for name in ("cpu", "triton", "cuda"):
+        if name in ops.dispatch.auto_backends(case, probe) or (name == "triton" and device == "cuda" and
+                                                                 name in ops.available_backends(case, probe)):
+            names.append(name)
+    return names
+
+
+def run(lists, dtypes, device: str, min_run_time: float) -> list[dict]:
+    rows, cache, copies = [], {}, {}
+    for name in lists:
+        for dtype in dtypes:
+            grads = gradient_list(name, dtype, device)
+            n = sum(g.numel() for g in grads)
+            itemsize = grads[0].element_size()
+            torch_norm = float(_torch_norm(grads))
+            rel = abs(float(ops.grad_norm(grads)) - torch_norm) / torch_norm
+            # exactly 1: no value changes, so repeated timed calls see the same data (the work is the same)
+            coef = torch.ones((), device=device)
+            for case, streams in CASES.items():
+                nbytes = streams * n * itemsize
+                copy_gbs = _copy_gbs(max(1, nbytes // (2 * itemsize)), dtype, device, min_run_time, copies)
+                times = {p: _time(_fn(case, p, grads, coef, cache), device, min_run_time)
+                         for p in _providers(device, case)}
+                for provider, seconds in times.items():
+                    gbs = nbytes / seconds / 1e9
+                    rows.append(dict(case=f"{case} {name} ({len(grads)} tensors)", dtype=str(dtype).replace("torch.", ""),
+                                     numel=n, provider=provider, ms=seconds * 1e3, gbs=gbs, copy_gbs=copy_gbs,
+                                     frac_copy=gbs / copy_gbs, speedup_vs_eager=times["reference"] / seconds,
+                                     speedup_vs_compiled=times["reference_compiled"] / seconds, extra_mib=None,
+                                     norm_rel_diff=rel))
+    return rows
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--lists", nargs="+", default=None, choices=LISTS + SMOKE_LISTS)
+    parser.add_argument("--dtypes", nargs="+", default=["float32"])
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--min-run-time", type=float, default=0.3, help="seconds per CPU measurement")
+    parser.add_argument("--smoke", action="store_true", help="a tiny list, short timing (CI)")
+    parser.add_argument("--out", default=None, help="JSON path (default benchmarks/results/bench_grad_norm_<device>_<date>.json)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing JSON file")
+    args = parser.parse_args(argv)
+    lists = args.lists or (SMOKE_LISTS if args.smoke else LISTS)
+    env = _environment()
+    rows = run(lists, [getattr(torch, d) for d in args.dtypes], args.device, 0.02 if args.smoke else args.min_run_time)
+    print(markdown(rows, env, torch.get_num_threads()))
+    seen = {}
+    for r in rows:
+        seen.setdefault((r["case"].split(" ", 1)[1], r["dtype"]), r["norm_rel_diff"])
+    print("\nNorm vs torch.nn.utils.get_total_norm (relative difference): " +
+          ", ".join(f"{k[0]} {k[1]}: {v:.2e}" for k, v in seen.items()))
+    if args.smoke and args.out is None:
+        return 0
+    out = args.out or os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
+                                   f"bench_grad_norm_{args.device}_{env['date']}.json")
+    if os.path.exists(out) and not args.overwrite:
+        print(f"{out} exists; pass --overwrite to replace it", file=sys.stderr)
+        return 1
+    os.makedirs(os.path.dirname(out), exist_ok=True)
+    with open(out, "w") as f:
+        json.dump({"environment": env, "threads": torch.get_num_threads(), "rows": rows}, f, indent=1)
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
