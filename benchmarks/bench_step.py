@@ -23,7 +23,9 @@ every row alike), with medians:
   floor+clip+EMA`` adds the peer's own clipping (clip_grad_norm_) and EMA (``pipe.update_ema()``) calls.
 
 Columns: forward calls and calls recorded with grad per iteration (counted with forward hooks on the
-raw networks, for every row), median wall ms per iteration, overhead = row / its floor, ms per network
+raw networks, for every row), median wall ms per iteration, overhead = row / its floor (the median of
+the per-round ratios: both are timed in the same round, so load that drifts between rounds cancels; a
+ratio of the two medians is noisier on a shared machine), ms per network
 call (ms / (forwards + grad calls), each backward counted as one call), forward-equivalents per
 iteration and ms per forward-equivalent (below), the same median and overhead in
 process CPU time (with one thread it is the work done, and far less sensitive than wall time to other
@@ -510,11 +512,29 @@ def _floor_keys(r: Row) -> tuple[str, str]:
     return base, base + "+clip+EMA"
 
 
+def paired_ratio(row: Row, floor: Row, cpu: bool = False) -> float:
+    """Median over rounds of ``row / floor`` timed in the same round (time_rows interleaves them), which
+    cancels load that drifts between rounds better than a ratio of the two medians."""
+    a, b = (row.cpu_times, floor.cpu_times) if cpu else (row.times, floor.times)
+    pairs = [x / y for x, y in zip(a, b) if y > 0]
+    return statistics.median(pairs) if pairs else float("nan")
+
+
+def _paired(r: Row, rows: list, which: int) -> float | None:
+    """:func:`paired_ratio` of ``r`` over its floor (``which`` 0) or floor+clip+EMA (1); None for floors,
+    calibration rows and rows without that floor."""
+    if r.impl in FLOORS or r.impl.startswith("net "):
+        return None
+    want = _floor_keys(r)[which]
+    f = next((x for x in rows if x.config == r.config and x.impl == want), None)
+    return paired_ratio(r, f) if f is not None and f.times else None
+
+
 def format_table(rows: list) -> str:
-    """Markdown table of every row. Overheads are the row over its floor and over its floor+clip+EMA
-    (the floor+clip+EMA rows show their own ratio over the floor: what clipping and the EMA cost)."""
-    ms = {(r.config, r.impl): r.ms for r in rows if r.impl in FLOORS}
-    cpu = {(r.config, r.impl): r.cpu_ms for r in rows if r.impl in FLOORS}
+    """Markdown table of every row. Overheads are the row over its floor and over its floor+clip+EMA, each
+    the median of the per-round ratios (:func:`paired_ratio`); the floor+clip+EMA rows show their own
+    ratio over the floor (what clipping and the EMA cost)."""
+    floors = {(r.config, r.impl): r for r in rows if r.impl in FLOORS}
     ratios = fwd_bwd_ratio(rows)
     head = ("| config | impl | backend | K | fwd | grad calls | ms / iter | overhead vs floor | "
             "overhead vs floor+clip+EMA | ms / call | fwd-eq / iter | ms / fwd-eq | CPU ms / iter | CPU overhead | "
@@ -522,18 +542,18 @@ def format_table(rows: list) -> str:
             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     lines = [head]
 
-    def ratio(num, table, key):
-        den = table.get(key)
-        return f"{num / den:.3f}" if den else ""
+    def ratio(r, key, cpu=False):
+        f = floors.get(key)
+        return f"{paired_ratio(r, f, cpu):.3f}" if f is not None and f.times else ""
 
     for r in rows:
         base, plus = _floor_keys(r)
         cells = ["", "", "", ""]  # overhead, overhead+, CPU overhead, CPU overhead+
         if r.impl.endswith("+clip+EMA"):
-            cells[0], cells[2] = ratio(r.ms, ms, (r.config, base)), ratio(r.cpu_ms, cpu, (r.config, base))
+            cells[0], cells[2] = ratio(r, (r.config, base)), ratio(r, (r.config, base), cpu=True)
         elif r.impl not in FLOORS and not r.impl.startswith("net "):
-            cells = [ratio(r.ms, ms, (r.config, base)), ratio(r.ms, ms, (r.config, plus)),
-                     ratio(r.cpu_ms, cpu, (r.config, base)), ratio(r.cpu_ms, cpu, (r.config, plus))]
+            cells = [ratio(r, (r.config, base)), ratio(r, (r.config, plus)),
+                     ratio(r, (r.config, base), cpu=True), ratio(r, (r.config, plus), cpu=True)]
         per_call = r.ms / (r.fwd + r.grad_calls) if r.fwd else float("nan")
         feq = forward_equivalents(r, ratios)
         lines.append(f"| {r.config} | {r.impl} | {r.backend} | {r.num_steps} | {r.fwd} | {r.grad_calls} | "
@@ -620,6 +640,7 @@ def main(argv=None) -> int:
                                  "call_rows": [n for n, _ in r.calls], "call_grad": [g for _, g in r.calls],
                                  "fwd_eq": forward_equivalents(r, ratios),
                                  "ms_per_fwd_eq": r.ms / forward_equivalents(r, ratios),
+                                 "overhead_vs_floor": _paired(r, rows, 0), "overhead_vs_floor_plus": _paired(r, rows, 1),
                                  "ms_all": [1e3 * t for t in r.times], "cpu_ms_median": r.cpu_ms,
                                  "cpu_ms_all": [1e3 * t for t in r.cpu_times], "peak_mib": r.peak_mib}
                                 for r in rows]},

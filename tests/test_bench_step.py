@@ -42,6 +42,11 @@ def test_smoke_run_table_and_counts(tmp_path, capsys):
             want = sum(n / ref * (c if g else 1.0) for n, g in zip(r["call_rows"], r["call_grad"]))
             assert r["fwd_eq"] == pytest.approx(want) and r["ms_per_fwd_eq"] == pytest.approx(r["ms_median"] / want)
     assert "fwd-eq / iter" in text and "ms / fwd-eq" in text and "overhead vs floor+clip+EMA" in text
+    for r in res["rows"]:  # paired overheads: for our and the peer's rows, not for floors / calibration
+        has = r["impl"].startswith("ours") and not r["config"].endswith(("K=1", "K=2"))
+        assert (r["overhead_vs_floor"] is not None) == has, r
+        if has:
+            assert r["overhead_vs_floor"] > 0 and r["overhead_vs_floor_plus"] > 0
     fused = [r for r in res["rows"] if r["impl"] == "ours, fused Adam"]
     assert [r["config"] for r in fused] == ["unet-xs"] and (fused[0]["fwd"], fused[0]["grad_calls"]) == (4, 2)
     sweep = {r["config"]: r["fwd"] for r in res["rows"] if " K=" in r["config"]}
