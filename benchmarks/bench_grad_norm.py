@@ -22,7 +22,6 @@ The "rel diff" column: |ours - torch| / torch for the norm (float64 vs per-tenso
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 
@@ -31,7 +30,7 @@ import torch
 from rmmd_core import ops
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_ops import _copy_gbs, _time, markdown  # noqa: E402  (same timer, copy baseline and table as bench_ops.py)
+from bench_ops import _copy_gbs, _time, markdown, providers, write_json  # noqa: E402  (same timer, copy baseline and table as bench_ops.py)
 from bench_posterior_step import _environment  # noqa: E402
 
 CASES = {"grad_norm": 1, "grad_scale": 2}  # streams moved per element
@@ -97,16 +96,6 @@ def _fn(case, provider, grads, coef, cache):
     return lambda: ops.grad_scale_(grads, coef, backend=provider)
 
 
-def _providers(device: str, case: str) -> list[str]:
-    names = ["reference", "reference_compiled"]
-    probe = torch.empty(1, device=device)
-    for name in ("cpu", "triton", "cuda"):
-        if name in ops.dispatch.auto_backends(case, probe) or (name == "triton" and device == "cuda" and
-                                                                 name in ops.available_backends(case, probe)):
-            names.append(name)
-    return names
-
-
 def run(lists, dtypes, device: str, min_run_time: float) -> list[dict]:
     rows, cache, copies = [], {}, {}
     for name in lists:
@@ -122,7 +111,7 @@ def run(lists, dtypes, device: str, min_run_time: float) -> list[dict]:
                 nbytes = streams * n * itemsize
                 copy_gbs = _copy_gbs(max(1, nbytes // (2 * itemsize)), dtype, device, min_run_time, copies)
                 times = {p: _time(_fn(case, p, grads, coef, cache), device, min_run_time)
-                         for p in _providers(device, case)}
+                         for p in providers(device, case)}
                 for provider, seconds in times.items():
                     gbs = nbytes / seconds / 1e9
                     rows.append(dict(case=f"{case} {name} ({len(grads)} tensors)", dtype=str(dtype).replace("torch.", ""),
@@ -154,16 +143,7 @@ def main(argv=None) -> int:
           ", ".join(f"{k[0]} {k[1]}: {v:.2e}" for k, v in seen.items()))
     if args.smoke and args.out is None:
         return 0
-    out = args.out or os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
-                                   f"bench_grad_norm_{args.device}_{env['date']}.json")
-    if os.path.exists(out) and not args.overwrite:
-        print(f"{out} exists; pass --overwrite to replace it", file=sys.stderr)
-        return 1
-    os.makedirs(os.path.dirname(out), exist_ok=True)
-    with open(out, "w") as f:
-        json.dump({"environment": env, "threads": torch.get_num_threads(), "rows": rows}, f, indent=1)
-    print(f"wrote {out}")
-    return 0
+    return write_json("bench_grad_norm", args.device, env, rows, args.out, args.overwrite)
 
 
 if __name__ == "__main__":

@@ -208,14 +208,19 @@ def peak_extra_bytes(fn, device: str) -> int:
     return max(0, peak - _out_bytes(out))
 
 
-def _providers(device: str, op: str) -> list[str]:
-    names = ["reference", "reference_compiled"]
+def providers(device: str, op: str, extra: tuple[str, ...] = ()) -> list[str]:
+    """What a benchmark times for ``op`` on ``device``: the eager and compiled reference, ``extra`` (a
+    benchmark's own torch baselines) and every fused backend that can run there (those auto-dispatch
+    would try, plus Triton on CUDA whenever it is available)."""
+    names = ["reference", "reference_compiled", *extra]
     probe = torch.empty(1, device=device)
     try:
         fused = ops.dispatch.auto_backends(op, probe)
     except ValueError:  # an op the dispatcher does not know (yet): reference only
         return names
-    return names + [b for b in ("cpu", "triton", "cuda") if b in fused]
+    available = ops.available_backends(op, probe)
+    return names + [b for b in ("cpu", "triton", "cuda")
+                    if b in fused or (b == "triton" and device == "cuda" and b in available)]
 
 
 def run(cases, sizes, dtypes, device: str, min_run_time: float, compile_ref: bool, baseline_max: int,
@@ -230,7 +235,7 @@ def run(cases, sizes, dtypes, device: str, min_run_time: float, compile_ref: boo
                 copy_gbs = _copy_gbs(case.moved * numel // 2, dtype, device, min_run_time, copies)
                 args = case.inputs(numel, dtype, device)
                 times, extra = {}, {}
-                for provider in _providers(device, case.op):
+                for provider in providers(device, case.op):
                     if provider == "reference" and numel > baseline_max:
                         continue
                     if provider == "reference_compiled":
@@ -328,6 +333,22 @@ def plot(rows: list[dict], path: str, title: str) -> None:
     fig.tight_layout(rect=(0, 0, 1, 1 - 0.3 / fig.get_figheight()))  # leave room for the title
     fig.savefig(path, dpi=80)
     plt.close(fig)
+
+
+def write_json(stem: str, device: str, env: dict, rows: list[dict], out: str | None, overwrite: bool) -> int:
+    """Write ``{"environment", "threads", "rows"}`` to ``out`` (default
+    ``benchmarks/results/<stem>_<device>_<date>.json``) unless it exists and ``overwrite`` is off; returns the
+    exit status (1 when refused). Used by the sibling benchmarks (rewards / EMA, gradient norm)."""
+    out = out or os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
+                              f"{stem}_{device}_{env['date']}.json")
+    if os.path.exists(out) and not overwrite:
+        print(f"{out} exists; pass --overwrite to replace it", file=sys.stderr)
+        return 1
+    os.makedirs(os.path.dirname(out), exist_ok=True)
+    with open(out, "w") as f:
+        json.dump({"environment": env, "threads": torch.get_num_threads(), "rows": rows}, f, indent=1)
+    print(f"wrote {out}")
+    return 0
 
 
 def main(argv=None) -> int:

@@ -22,7 +22,6 @@ Cases and bytes moved per call (N = elements):
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import sys
@@ -32,7 +31,7 @@ import torch
 from rmmd_core import ops
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_ops import _copy_gbs, _time, markdown  # noqa: E402  (same timer, copy baseline and table as bench_ops.py)
+from bench_ops import _copy_gbs, _time, markdown, providers, write_json  # noqa: E402  (same timer, copy baseline and table as bench_ops.py)
 from bench_posterior_step import _environment  # noqa: E402
 
 DEFAULT_SIZES = [2**16, 2**20, 2**22]
@@ -84,16 +83,6 @@ def _fn(case, provider, args, cache):
     return lambda: getattr(ops, case)(x, backend=provider)
 
 
-def _providers(device: str, case: str) -> list[str]:
-    names = ["reference", "reference_compiled"] + (["foreach"] if case == "ema_update" else [])
-    probe = torch.empty(1, device=device)
-    for name in ("cpu", "triton", "cuda"):
-        if name in ops.dispatch.auto_backends(case, probe) or (name == "triton" and device == "cuda" and
-                                                                 name in ops.available_backends(case, probe)):
-            names.append(name)
-    return names
-
-
 def run(sizes, dtypes, device: str, min_run_time: float) -> list[dict]:
     rows, cache, copies = [], {}, {}
     for dtype in dtypes:
@@ -110,7 +99,9 @@ def run(sizes, dtypes, device: str, min_run_time: float) -> list[dict]:
                     nbytes = n_moved * n * itemsize
                 # the copy baseline moves the same bytes (bench_ops.py: a smaller copy would sit in cache)
                 copy_gbs = _copy_gbs(nbytes // (2 * itemsize), dtype, device, min_run_time, copies)
-                times = {p: _time(_fn(case, p, args, cache), device, min_run_time) for p in _providers(device, case)}
+                extra = ("foreach",) if case == "ema_update" else ()
+                times = {p: _time(_fn(case, p, args, cache), device, min_run_time)
+                         for p in providers(device, case, extra)}
                 for provider, seconds in times.items():
                     gbs = nbytes / seconds / 1e9
                     rows.append(dict(case=case, dtype=str(dtype).replace("torch.", ""), numel=n, provider=provider,
@@ -136,16 +127,7 @@ def main(argv=None) -> int:
     print(markdown(rows, env, torch.get_num_threads()))
     if args.smoke and args.out is None:
         return 0
-    out = args.out or os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
-                                   f"bench_rewards_ema_{args.device}_{env['date']}.json")
-    if os.path.exists(out) and not args.overwrite:
-        print(f"{out} exists; pass --overwrite to replace it", file=sys.stderr)
-        return 1
-    os.makedirs(os.path.dirname(out), exist_ok=True)
-    with open(out, "w") as f:
-        json.dump({"environment": env, "threads": torch.get_num_threads(), "rows": rows}, f, indent=1)
-    print(f"wrote {out}")
-    return 0
+    return write_json("bench_rewards_ema", args.device, env, rows, args.out, args.overwrite)
 
 
 if __name__ == "__main__":

@@ -163,6 +163,17 @@ def test_grads_of_filters_per_call():
     assert _same(grads_of(net), [p for p in net.parameters() if p.grad is not None])
 
 
+def _train_side_by_side(*pairs, seed: int, steps: int = 5) -> None:
+    """``steps`` optimiser steps of each (net, optimiser) pair on the same random batches."""
+    torch.manual_seed(seed)
+    for _ in range(steps):
+        x = torch.randn(6, 3)
+        for net, opt in pairs:
+            opt.zero_grad(set_to_none=True)
+            net(x).pow(3).mean().backward()
+            opt.step()
+
+
 def test_default_optimiser_is_multi_tensor_and_bit_identical_to_the_loop():
     """make_optimizer asks for foreach Adam on every device; on CPU it matches the per-tensor loop bit for bit."""
     from rmmd_core.engine import make_optimizer
@@ -172,13 +183,7 @@ def test_default_optimiser_is_multi_tensor_and_bit_identical_to_the_loop():
     opt_a = make_optimizer(net_a, cfg)
     assert opt_a.defaults["foreach"] is True
     opt_b = torch.optim.Adam(net_b.parameters(), lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, foreach=False)
-    torch.manual_seed(2)
-    for _ in range(5):
-        x = torch.randn(6, 3)
-        for net, opt in ((net_a, opt_a), (net_b, opt_b)):
-            opt.zero_grad(set_to_none=True)
-            net(x).pow(3).mean().backward()
-            opt.step()
+    _train_side_by_side((net_a, opt_a), (net_b, opt_b), seed=2)
     for a, b in zip(net_a.parameters(), net_b.parameters()):
         assert torch.equal(a, b)
 
@@ -192,13 +197,7 @@ def test_fused_adam_opt_in_matches_foreach_closely():
     opt_a = make_optimizer(net_a, RMMDConfig(adam="fused"))
     opt_b = make_optimizer(net_b, RMMDConfig())
     assert opt_a.defaults["fused"] is True and not opt_a.defaults["foreach"]
-    torch.manual_seed(3)
-    for _ in range(5):
-        x = torch.randn(6, 3)
-        for net, opt in ((net_a, opt_a), (net_b, opt_b)):
-            opt.zero_grad(set_to_none=True)
-            net(x).pow(3).mean().backward()
-            opt.step()
+    _train_side_by_side((net_a, opt_a), (net_b, opt_b), seed=3)
     for a, b in zip(net_a.parameters(), net_b.parameters()):
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
     with pytest.raises(ValueError, match="adam must be one of"):

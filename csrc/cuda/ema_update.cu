@@ -9,6 +9,7 @@
 #include <cuda_fp16.h>
 #include <stdint.h>
 
+#include "chunk_table.cuh"
 #include "ema_update.cuh"
 #include "io.cuh"
 
@@ -52,46 +53,17 @@ cudaError_t launch_typed(const EmaUpdateParams& p, cudaStream_t stream) {
   using opmath_t = typename Io<E>::opmath_t;
   const opmath_t w = static_cast<opmath_t>(1.0 - p.beta);
   ChunkTable table{};
-  int n_slots = 0, n_chunks = 0;
-  auto flush = [&]() -> cudaError_t {
-    if (n_chunks == 0) return cudaSuccess;
-    ema_kernel<E, P><<<n_chunks, kThreads, 0, stream>>>(table, w);
-    n_chunks = 0;
-    return cudaGetLastError();
-  };
-  for (int64_t t = 0; t < p.n_tensors; ++t) {
-    const EmaTensor& et = p.tensors[t];
-    if (et.numel <= 0) continue;
-    const int64_t chunks = (et.numel + kChunk - 1) / kChunk;
-    if (chunks > 0x7fffffff) return cudaErrorInvalidValue;
-    bool slotted = false;
-    for (int64_t c = 0; c < chunks; ++c) {
-      if (!slotted) {
-        if (n_slots == kMaxTensors) {  // table full of tensors: launch, keep nothing
-          const cudaError_t err = flush();
-          if (err != cudaSuccess) return err;
-          n_slots = 0;
-        }
-        table.ema[n_slots] = et.ema;
-        table.param[n_slots] = et.param;
-        table.numel[n_slots] = et.numel;
-        ++n_slots;
-        slotted = true;
-      }
-      table.tensor[n_chunks] = n_slots - 1;
-      table.chunk[n_chunks] = static_cast<int32_t>(c);
-      ++n_chunks;
-      if (n_chunks == kMaxChunks) {  // table full of chunks: launch; the current tensor keeps slot 0
-        const cudaError_t err = flush();
-        if (err != cudaSuccess) return err;
-        table.ema[0] = et.ema;
-        table.param[0] = et.param;
-        table.numel[0] = et.numel;
-        n_slots = 1;
-      }
-    }
-  }
-  return flush();
+  return rmmd::pack_chunk_tables(
+      table, p.n_tensors, kChunk, kMaxTensors, kMaxChunks, [&](int64_t t) { return p.tensors[t].numel; },
+      [&](int s, int64_t t) {
+        table.ema[s] = p.tensors[t].ema;
+        table.param[s] = p.tensors[t].param;
+        table.numel[s] = p.tensors[t].numel;
+      },
+      [&](int n_chunks) {
+        ema_kernel<E, P><<<n_chunks, kThreads, 0, stream>>>(table, w);
+        return cudaGetLastError();
+      });
 }
 
 }  // namespace

@@ -10,6 +10,7 @@
 #include <stdint.h>
 
 #include "block_sum.cuh"
+#include "chunk_table.cuh"
 #include "grad_norm.cuh"
 #include "io.cuh"
 
@@ -75,51 +76,24 @@ __global__ void __launch_bounds__(kFinishThreads) finish_kernel(const double* __
   if (threadIdx.x == 0) *out = static_cast<Out>(sqrt(total));  // inf stays inf, NaN stays NaN
 }
 
-// Fills chunk tables over `tensors` and calls launch(table, n_chunks) for each full / final one.
+// Fills chunk tables over `tensors` and calls launch(table, n_chunks) for each full / final one, with
+// `table.first` the index of its first chunk among all of them (the partials offset).
 template <typename Launch>
 cudaError_t for_each_table(const GradTensor* tensors, int64_t n_tensors, Launch&& launch) {
   ChunkTable table{};
-  int n_slots = 0, n_chunks = 0;
   int64_t done = 0;  // chunks launched so far
-  auto flush = [&]() -> cudaError_t {
-    if (n_chunks == 0) return cudaSuccess;
-    table.first = done;
-    const cudaError_t err = launch(table, n_chunks);
-    done += n_chunks;
-    n_chunks = 0;
-    return err;
-  };
-  for (int64_t t = 0; t < n_tensors; ++t) {
-    const GradTensor& gt = tensors[t];
-    if (gt.numel <= 0) continue;
-    const int64_t chunks = (gt.numel + kChunk - 1) / kChunk;
-    if (chunks > 0x7fffffff) return cudaErrorInvalidValue;
-    bool slotted = false;
-    for (int64_t c = 0; c < chunks; ++c) {
-      if (!slotted) {
-        if (n_slots == kMaxTensors) {  // table full of tensors: launch, keep nothing
-          const cudaError_t err = flush();
-          if (err != cudaSuccess) return err;
-          n_slots = 0;
-        }
-        table.data[n_slots] = gt.data;
-        table.numel[n_slots] = gt.numel;
-        ++n_slots;
-        slotted = true;
-      }
-      table.tensor[n_chunks] = n_slots - 1;
-      table.chunk[n_chunks] = static_cast<int32_t>(c);
-      ++n_chunks;
-      if (n_chunks == kMaxChunks) {  // table full of chunks: launch; the current tensor keeps slot 0
-        const cudaError_t err = flush();
-        if (err != cudaSuccess) return err;
-        table.data[0] = gt.data;
-        table.numel[0] = gt.numel;
-        n_slots = 1;
-      }
-    }
-  }
-  return flush();
+  return rmmd::pack_chunk_tables(
+      table, n_tensors, kChunk, kMaxTensors, kMaxChunks, [&](int64_t t) { return tensors[t].numel; },
+      [&](int s, int64_t t) {
+        table.data[s] = tensors[t].data;
+        table.numel[s] = tensors[t].numel;
+      },
+      [&](int n_chunks) {
+        table.first = done;
+        const cudaError_t err = launch(table, n_chunks);
+        done += n_chunks;
+        return err;
+      });
 }
 
 }  // namespace
