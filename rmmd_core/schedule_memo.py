@@ -72,10 +72,21 @@ def _store(t) -> dict | None:
     return pinned if pinned is not None else _MEMO.get()
 
 
+_LAMBDA_BASED: dict[type, bool] = {}
+
+
 def _lambda_based(schedule: Schedule) -> bool:
-    """Schedules whose alpha and sigma come from lambda (they override alpha_sigma_log_snr to evaluate it
-    once, e.g. DiscreteVP): one evaluation serves ``alpha_sigma`` and ``log_snr``, bit for bit."""
-    return type(schedule).alpha_sigma_log_snr is not Schedule.alpha_sigma_log_snr
+    """Schedules whose alpha and sigma come from lambda and that evaluate all three in one
+    ``alpha_sigma_log_snr`` (DiscreteVP): one evaluation then serves ``alpha_sigma`` and ``log_snr``, bit for
+    bit. Only when one class defines all three methods: a subclass overriding ``alpha_sigma`` alone (say)
+    keeps separate evaluations."""
+    cls = type(schedule)
+    known = _LAMBDA_BASED.get(cls)
+    if known is None:
+        owners = {next(k for k in cls.__mro__ if m in k.__dict__)
+                  for m in ("alpha_sigma", "log_snr", "alpha_sigma_log_snr")}
+        known = _LAMBDA_BASED[cls] = len(owners) == 1 and Schedule not in owners
+    return known
 
 
 def schedule_call(schedule: Schedule, method: str, t):

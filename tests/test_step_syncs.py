@@ -153,6 +153,16 @@ def test_schedule_memo_is_exact_and_keyed_on_identity_and_version():
         # DiscreteVP's alpha and sigma come from lambda: the alpha_sigma evaluation stored log_snr too
         assert schedule_call(a, "log_snr", t) is schedule_call(b, "log_snr", t)
         assert torch.equal(schedule_call(a, "log_snr", t), a.log_snr(t))
+
+    class Shifted(DiscreteVP):  # overrides alpha_sigma only: its own alpha_sigma must be what is memoised
+        def alpha_sigma(self, tt):
+            al, sg = super().alpha_sigma(tt)
+            return al * 0.5, sg
+
+    c = Shifted(a.alphas_cumprod)
+    with iteration_memo():
+        assert torch.equal(schedule_call(c, "alpha_sigma", t)[0], 0.5 * a.alpha_sigma(t)[0])
+        assert torch.equal(schedule_call(c, "log_snr", t), a.log_snr(t))
         t.mul_(0.5)  # in place: the version changes, so the entry is not reused
         again = schedule_call(a, "alpha_sigma", t)
         assert again is not first and torch.equal(again[0], a.alpha_sigma(t)[0])
