@@ -9,14 +9,17 @@
 
 #include "../cuda/posterior_step.cuh"
 #include "cuda_dtype.h"
+#include "philox_tensor_checks.h"
 #include "posterior_step_checks.h"
 
 namespace rmmd {
 namespace {
 
-at::Tensor posterior_step_cuda(const at::Tensor& z_t, const at::Tensor& x_hat, const at::Tensor& A,
-                               const at::Tensor& C, const at::Tensor& gamma, int64_t seed, int64_t offset) {
-  check_posterior_step_args(z_t, x_hat, A, C, gamma, seed, offset);
+// Shared by the int op and its device-seed twin; arguments checked by the caller. seed_ptr / offset_ptr:
+// device addresses of one int64 each (the *_dev op), or nullptr to use seed / offset.
+at::Tensor launch_posterior_step_cuda(const at::Tensor& z_t, const at::Tensor& x_hat, const at::Tensor& A,
+                                      const at::Tensor& C, const at::Tensor& gamma, int64_t seed, int64_t offset,
+                                      const int64_t* seed_ptr, const int64_t* offset_ptr) {
   TORCH_CHECK(z_t.is_cuda(), "rmmd_core::posterior_step (CUDA kernel): z_t must be a CUDA tensor, got ",
               z_t.device());
   const c10::cuda::CUDAGuard device_guard(z_t.device());
@@ -47,16 +50,36 @@ at::Tensor posterior_step_cuda(const at::Tensor& z_t, const at::Tensor& x_hat, c
   params.dtype = to_rmmd_dtype(z.scalar_type());
   params.seed = static_cast<uint64_t>(seed);
   params.offset = static_cast<uint64_t>(offset);
+  params.seed_ptr = seed_ptr;
+  params.offset_ptr = offset_ptr;
 
   const cudaError_t err = rmmd_launch_posterior_step(params, c10::cuda::getCurrentCUDAStream().stream());
   TORCH_CHECK(err == cudaSuccess, "rmmd_core::posterior_step: CUDA launch failed: ", cudaGetErrorString(err));
   return out;
 }
 
+at::Tensor posterior_step_cuda(const at::Tensor& z_t, const at::Tensor& x_hat, const at::Tensor& A,
+                               const at::Tensor& C, const at::Tensor& gamma, int64_t seed, int64_t offset) {
+  check_posterior_step_args(z_t, x_hat, A, C, gamma, seed, offset);
+  return launch_posterior_step_cuda(z_t, x_hat, A, C, gamma, seed, offset, nullptr, nullptr);
+}
+
+// Device seeds (CUDA-graph capture): the kernel reads seed / offset from device memory at every launch or
+// replay; they are never read on the host here, so their values (which must be in [0, 2^63)) go unchecked.
+at::Tensor posterior_step_dev_cuda(const at::Tensor& z_t, const at::Tensor& x_hat, const at::Tensor& A,
+                                   const at::Tensor& C, const at::Tensor& gamma, const at::Tensor& seed,
+                                   const at::Tensor& offset) {
+  check_posterior_step_args(z_t, x_hat, A, C, gamma, 0, 0);
+  check_philox_tensor("posterior_step", seed, "seed", z_t, "z_t");
+  check_philox_tensor("posterior_step", offset, "offset", z_t, "z_t");
+  return launch_posterior_step_cuda(z_t, x_hat, A, C, gamma, 0, 0, philox_value_ptr(seed), philox_value_ptr(offset));
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(rmmd_core, CUDA, m) {
   m.impl("posterior_step", &posterior_step_cuda);
+  m.impl("posterior_step_dev", &posterior_step_dev_cuda);
 }
 
 }  // namespace rmmd

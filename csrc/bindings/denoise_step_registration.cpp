@@ -8,6 +8,7 @@
 
 #include "../cpu/posterior_step_cpu.h"
 #include "denoise_step_checks.h"
+#include "philox_tensor_checks.h"
 
 namespace rmmd {
 namespace {
@@ -22,6 +23,18 @@ std::tuple<at::Tensor, at::Tensor> denoise_step_cpu(const at::Tensor& z_t, const
   return denoise_step_cpu_kernel(z_t, net_out, P, Q, gamma, a, c, seed, offset, want_x0);
 }
 
+// Device-seed twin: one-element int64 CPU seed / offset tensors, read here; then the int path runs.
+std::tuple<at::Tensor, at::Tensor> denoise_step_dev_cpu(const at::Tensor& z_t, const at::Tensor& net_out,
+                                                        const at::Tensor& P, const at::Tensor& Q,
+                                                        const at::Tensor& gamma, const at::Tensor& a,
+                                                        const at::Tensor& c, const at::Tensor& seed,
+                                                        const at::Tensor& offset, bool want_x0) {
+  check_philox_tensor("denoise_step", seed, "seed", z_t, "z_t");
+  check_philox_tensor("denoise_step", offset, "offset", z_t, "z_t");
+  return denoise_step_cpu(z_t, net_out, P, Q, gamma, a, c, read_cpu_philox_value(seed),
+                          read_cpu_philox_value(offset), want_x0);
+}
+
 }  // namespace
 
 TORCH_LIBRARY_FRAGMENT(rmmd_core, m) {
@@ -34,10 +47,15 @@ TORCH_LIBRARY_FRAGMENT(rmmd_core, m) {
   // grad_net_out = Q g_zs + c g_x0.
   m.def("denoise_step(Tensor z_t, Tensor net_out, Tensor P, Tensor Q, Tensor gamma, Tensor a, Tensor c, int seed, "
         "int offset, bool want_x0) -> (Tensor, Tensor)");
+  // Device-seed twin (CUDA-graph capture): seed, offset are one-element int64 tensors on z_t's device, read
+  // by the kernel; same stream as the int op, bit for bit.
+  m.def("denoise_step_dev(Tensor z_t, Tensor net_out, Tensor P, Tensor Q, Tensor gamma, Tensor a, Tensor c, "
+        "Tensor seed, Tensor offset, bool want_x0) -> (Tensor, Tensor)");
 }
 
 TORCH_LIBRARY_IMPL(rmmd_core, CPU, m) {
   m.impl("denoise_step", &denoise_step_cpu);
+  m.impl("denoise_step_dev", &denoise_step_dev_cpu);
 }
 
 }  // namespace rmmd

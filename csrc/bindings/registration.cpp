@@ -30,4 +30,9 @@ TORCH_LIBRARY(rmmd_core, m) {
   // seed in [0, 2^63), offset >= 0. Returns a new contiguous tensor shaped like z_t.
   // Autograd (Python): grad_z_t = A[b] * grad, grad_x_hat = C[b] * grad; A, C, gamma get none.
   m.def("posterior_step(Tensor z_t, Tensor x_hat, Tensor A, Tensor C, Tensor gamma, int seed, int offset) -> Tensor");
+  // Device-seed twin, for CUDA-graph capture: seed and offset are one-element int64 tensors on z_t's device,
+  // read by the kernel (never on the host for CUDA), so a replay draws the noise of whatever the caller
+  // copied into them; otherwise identical (same kernel, same stream bit for bit).
+  m.def("posterior_step_dev(Tensor z_t, Tensor x_hat, Tensor A, Tensor C, Tensor gamma, Tensor seed, Tensor offset) "
+        "-> Tensor");
 }

@@ -11,6 +11,7 @@
 #include <torch/library.h>
 
 #include "../cpu/posterior_step_cpu.h"
+#include "philox_tensor_checks.h"
 #include "renoise_checks.h"
 
 namespace rmmd {
@@ -24,6 +25,14 @@ at::Tensor renoise_cpu(const at::Tensor& x, const at::Tensor& alpha, const at::T
   return posterior_step_cpu_kernel(xc, xc, alpha, at::zeros_like(alpha), sigma, seed, offset);
 }
 
+// Device-seed twin: one-element int64 CPU seed / offset tensors, read here; then the int path runs.
+at::Tensor renoise_dev_cpu(const at::Tensor& x, const at::Tensor& alpha, const at::Tensor& sigma,
+                           const at::Tensor& seed, const at::Tensor& offset) {
+  check_philox_tensor("renoise", seed, "seed", x, "x");
+  check_philox_tensor("renoise", offset, "offset", x, "x");
+  return renoise_cpu(x, alpha, sigma, read_cpu_philox_value(seed), read_cpu_philox_value(offset));
+}
+
 }  // namespace
 
 TORCH_LIBRARY_FRAGMENT(rmmd_core, m) {
@@ -33,10 +42,14 @@ TORCH_LIBRARY_FRAGMENT(rmmd_core, m) {
   // float64 / float16 / bfloat16; alpha, sigma: (B,) floating; seed in [0, 2^63), offset >= 0.
   // Returns a new contiguous tensor like x. Autograd (Python): grad_x = alpha[b] * grad.
   m.def("renoise(Tensor x, Tensor alpha, Tensor sigma, int seed, int offset) -> Tensor");
+  // Device-seed twin (CUDA-graph capture): seed, offset are one-element int64 tensors on x's device, read by
+  // the kernel; same stream as the int op, bit for bit.
+  m.def("renoise_dev(Tensor x, Tensor alpha, Tensor sigma, Tensor seed, Tensor offset) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(rmmd_core, CPU, m) {
   m.impl("renoise", &renoise_cpu);
+  m.impl("renoise_dev", &renoise_dev_cpu);
 }
 
 }  // namespace rmmd

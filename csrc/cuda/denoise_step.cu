@@ -38,8 +38,13 @@ __global__ void __launch_bounds__(kThreads)
                         const typename Io<T>::opmath_t* __restrict__ gamma,
                         const typename Io<T>::opmath_t* __restrict__ a,
                         const typename Io<T>::opmath_t* __restrict__ c, IndexT numel, IndexT per_sample,
-                        uint64_t seed, uint64_t offset) {
+                        uint64_t seed, uint64_t offset, const int64_t* __restrict__ seed_ptr,
+                        const int64_t* __restrict__ offset_ptr) {
   using opmath_t = typename Io<T>::opmath_t;
+  // Device seeds: one broadcast 8-byte load per thread (the same address for the whole grid, served by the
+  // cache); a uniform branch otherwise. The loaded value is the uint64 the int path would have received.
+  if (seed_ptr != nullptr) seed = static_cast<uint64_t>(__ldg(seed_ptr));
+  if (offset_ptr != nullptr) offset = static_cast<uint64_t>(__ldg(offset_ptr));
   const IndexT stride = static_cast<IndexT>(gridDim.x) * static_cast<IndexT>(blockDim.x);
   for (IndexT i = static_cast<IndexT>(blockIdx.x) * static_cast<IndexT>(blockDim.x) + threadIdx.x; i < numel;
        i += stride) {
@@ -73,10 +78,10 @@ void launch_indexed(const DenoiseStepParams& p, int blocks, cudaStream_t stream)
   const IndexT n = static_cast<IndexT>(p.numel), d = static_cast<IndexT>(p.per_sample);
   if (x0 != nullptr) {
     denoise_step_kernel<T, IndexT, true><<<blocks, kThreads, 0, stream>>>(zs, x0, z, f, P, Q, g, a, c, n, d, p.seed,
-                                                                          p.offset);
+                                                                          p.offset, p.seed_ptr, p.offset_ptr);
   } else {
     denoise_step_kernel<T, IndexT, false><<<blocks, kThreads, 0, stream>>>(zs, x0, z, f, P, Q, g, a, c, n, d, p.seed,
-                                                                           p.offset);
+                                                                           p.offset, p.seed_ptr, p.offset_ptr);
   }
 }
 

@@ -27,5 +27,7 @@ cudaError_t rmmd_launch_posterior_step(const PosteriorStepParams& params, cudaSt
   p.dtype = params.dtype;
   p.seed = params.seed;
   p.offset = params.offset;
+  p.seed_ptr = params.seed_ptr;
+  p.offset_ptr = params.offset_ptr;
   return rmmd_launch_denoise_step(p, stream);
 }

@@ -25,6 +25,11 @@ struct PosteriorStepParams {
   RmmdDType dtype;
   uint64_t seed;        // Philox key (low, high 32 bits)
   uint64_t offset;      // Philox counter of element 0
+  // Device seeds (CUDA-graph capture): when non-null, the kernel reads the key / counter from this one int64
+  // in device memory instead of `seed` / `offset`, so a graph replay uses what the caller copied there.
+  // The value must lie in [0, 2^63) (it is reinterpreted as uint64; the kernel cannot report a violation).
+  const int64_t* seed_ptr;
+  const int64_t* offset_ptr;
 };
 
 // Enqueues the kernel on `stream`; returns the launch error (never exits or prints). numel == 0 is a

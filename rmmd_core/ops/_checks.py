@@ -1,10 +1,11 @@
 """Argument checks shared by the fused ops: one helper per kind of argument, used twice per op.
 
-* The *public* checks (``data``, ``like``, ``per_sample``, ``integer``, ``finite_float``, ``tensor``) run in
-  each op's Python entry point before dispatch and raise ``TypeError`` / ``ValueError`` whose message starts
-  with the argument's name and says what was expected (the public API's contract, asserted in tests).
-* The *fake* checks (``fake_data``, ``fake_like``, ``fake_per_sample``, ``fake_non_negative``) run inside
-  the ops' fake (meta) kernels through ``torch._check`` (which traces under torch.compile) and raise
+* The *public* checks (``data``, ``like``, ``per_sample``, ``integer``, ``philox_key``, ``finite_float``,
+  ``tensor``) run in each op's Python entry point before dispatch and raise ``TypeError`` / ``ValueError`` whose
+  message starts with the argument's name and says what was expected (the public API's contract, asserted in
+  tests).
+* The *fake* checks (``fake_data``, ``fake_like``, ``fake_per_sample``, ``fake_non_negative``, ``fake_philox``)
+  run inside the ops' fake (meta) kernels through ``torch._check`` (which traces under torch.compile) and raise
   ``RuntimeError`` prefixed with ``rmmd_core::<op>:``; they mirror the C++ ``*_checks.h`` of each op.
 
 A "data" tensor is the op's main (B, ...) tensor; a "like" tensor must match it in shape, dtype and
@@ -19,7 +20,7 @@ import operator
 import torch
 
 __all__ = ["DATA_DTYPES", "data", "fake_data", "fake_like", "fake_non_negative", "fake_per_sample",
-           "finite_float", "integer", "like", "per_sample", "tensor"]
+           "fake_philox", "finite_float", "integer", "like", "per_sample", "philox_key", "tensor"]
 
 DATA_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 _DTYPE_NAMES = "float32, float64, float16 or bfloat16"
@@ -87,6 +88,33 @@ def integer(value, name: str, upper: int | None = None) -> int:
     return value
 
 
+def philox_key(value, name: str, ref: torch.Tensor, ref_name: str) -> int | torch.Tensor:
+    """A Philox seed / offset: a Python int in ``[0, 2**63)``, or a one-element int64 tensor on ``ref``'s device.
+
+    The tensor form exists for CUDA-graph capture (the kernels read it from device memory, so a replay
+    sees whatever the caller ``copy_``-ed into it). Its value is checked only where that costs no device
+    read: on CPU (not while torch.compile traces, where ``.item()`` would break the graph). An int64 can
+    never reach 2**63, so only the sign needs checking; a negative value on a GPU is not detected (the
+    kernels reinterpret it as a uint64 key / counter).
+    """
+    if not isinstance(value, torch.Tensor):
+        return integer(value, name, upper=2**63)
+    if value.dtype != torch.int64:
+        raise TypeError(f"{name} must be an int or an int64 tensor, got a {value.dtype} tensor")
+    if value.numel() != 1:
+        raise ValueError(f"{name} must be a tensor with exactly one element, got shape {tuple(value.shape)}")
+    if value.device != ref.device:
+        raise ValueError(f"{name} must be on {ref_name}'s device {ref.device}, got {value.device}")
+    if value.device.type == "cpu" and not torch.compiler.is_compiling():
+        from torch._subclasses.fake_tensor import is_fake
+
+        if not is_fake(value):
+            found = int(value.reshape(()).item())
+            if found < 0:
+                raise ValueError(f"{name} must be non-negative, got {found}")
+    return value
+
+
 def finite_float(value, name: str) -> float:
     """A finite Python int or float (not bool, not a tensor), returned as float."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
@@ -127,3 +155,16 @@ def fake_per_sample(op: str, coef: torch.Tensor, name: str, ref: torch.Tensor, r
 
 def fake_non_negative(op: str, value: int, name: str) -> None:
     torch._check(value >= 0, lambda: f"rmmd_core::{op}: {name} must be non-negative, got {value}")
+
+
+def fake_philox(op: str, t: int | torch.Tensor, name: str, ref: torch.Tensor, ref_name: str) -> None:
+    """A seed / offset: a non-negative int (the int schemas), or, for the ``*_dev`` ops, one int64 element on
+    ``ref``'s device (its value is data, unchecked here)."""
+    if not isinstance(t, torch.Tensor):
+        fake_non_negative(op, t, name)
+        return
+    torch._check(t.dtype == torch.int64, lambda: f"rmmd_core::{op}: {name} must be an int64 tensor, got {t.dtype}")
+    torch._check(t.numel() == 1, lambda: f"rmmd_core::{op}: {name} must have exactly one element, got shape "
+                                         f"{tuple(t.shape)}")
+    torch._check(t.device == ref.device,
+                 lambda: f"rmmd_core::{op}: {name} is on {t.device} but {ref_name} is on {ref.device}")

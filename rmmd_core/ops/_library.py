@@ -15,6 +15,10 @@ __all__ = ["op_defined", "register_op", "registered_ops"]
 
 _POSTERIOR_STEP = "rmmd_core::posterior_step"
 _POSTERIOR_STEP_TRITON = "rmmd_core::posterior_step_triton"
+# Device-seed twins (seed, offset: one-element int64 tensors read by the kernels; see dispatch.posterior_step).
+# Same arity, so the fake (whose seed checks take ints or tensors) and the autograd formula are shared.
+_POSTERIOR_STEP_DEV = "rmmd_core::posterior_step_dev"
+_POSTERIOR_STEP_DEV_TRITON = "rmmd_core::posterior_step_dev_triton"
 
 
 def op_defined(qualname: str) -> bool:
@@ -29,8 +33,8 @@ def _posterior_step_fake(z_t, x_hat, A, C, gamma, seed, offset):
     _checks.fake_like("posterior_step", x_hat, "x_hat", z_t, "z_t")
     for coef, name in ((A, "A"), (C, "C"), (gamma, "gamma")):
         _checks.fake_per_sample("posterior_step", coef, name, z_t, "z_t")
-    _checks.fake_non_negative("posterior_step", seed, "seed")
-    _checks.fake_non_negative("posterior_step", offset, "offset")
+    _checks.fake_philox("posterior_step", seed, "seed", z_t, "z_t")
+    _checks.fake_philox("posterior_step", offset, "offset", z_t, "z_t")
     # new_empty, not empty_like: the kernels always return a contiguous tensor, even for strided z_t.
     return z_t.new_empty(z_t.shape)
 
@@ -75,5 +79,8 @@ def register_op(op: str, op_triton: str, fake, backward, setup_context) -> tuple
     return tuple(done)
 
 
-registered_ops: tuple[str, ...] = register_op(_POSTERIOR_STEP, _POSTERIOR_STEP_TRITON, _posterior_step_fake,
-                                              _posterior_step_backward, _posterior_step_setup_context)
+registered_ops: tuple[str, ...] = (
+    register_op(_POSTERIOR_STEP, _POSTERIOR_STEP_TRITON, _posterior_step_fake, _posterior_step_backward,
+                _posterior_step_setup_context)
+    + register_op(_POSTERIOR_STEP_DEV, _POSTERIOR_STEP_DEV_TRITON, _posterior_step_fake, _posterior_step_backward,
+                  _posterior_step_setup_context))

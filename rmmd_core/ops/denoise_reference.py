@@ -40,7 +40,7 @@ def fold_denoise_coefficients(a: torch.Tensor, c: torch.Tensor, A: torch.Tensor,
 
 
 def denoise_step_ref(z_t: torch.Tensor, net_out: torch.Tensor, a: torch.Tensor, c: torch.Tensor, A: torch.Tensor,
-                     C: torch.Tensor, gamma: torch.Tensor, seed: int, offset: int = 0,
+                     C: torch.Tensor, gamma: torch.Tensor, seed: int | torch.Tensor, offset: int | torch.Tensor = 0,
                      want_x0: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Denoise + posterior step in one expression::
 
@@ -57,7 +57,8 @@ def denoise_step_ref(z_t: torch.Tensor, net_out: torch.Tensor, a: torch.Tensor, 
         z_t: (B, ...) float32 / float64 / float16 / bfloat16, the state at time t.
         net_out: like z_t: the raw network output F (after CFG combination, if any).
         a, c: (B,) floating: ``x̂ = a z_t + c F``. A, C, gamma: (B,) floating: the posterior step.
-        seed: Philox key in [0, 2**63). offset: first Philox counter, >= 0.
+        seed: Philox key in [0, 2**63). offset: first Philox counter, >= 0. Each an int or a one-element
+            int64 tensor (not read on the host).
         want_x0: also return x̂; otherwise the second output is an empty ``(0,)`` tensor.
 
     Returns:

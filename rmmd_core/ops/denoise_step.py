@@ -21,21 +21,26 @@ __all__ = ["denoise_step"]
 
 _OP = "rmmd_core::denoise_step"
 _OP_TRITON = "rmmd_core::denoise_step_triton"
+# Device-seed twins (one-element int64 seed / offset tensors, for CUDA-graph capture): same arity, same
+# fake (its seed checks take ints or tensors) and autograd.
+_OP_DEV = "rmmd_core::denoise_step_dev"
+_OP_DEV_TRITON = "rmmd_core::denoise_step_dev_triton"
 _COEFS = ("a", "c", "A", "C", "gamma")
 
 
-def _validate(z_t, net_out, coefs: dict, seed, offset, want_x0) -> tuple[int, int]:
+def _validate(z_t, net_out, coefs: dict, seed, offset, want_x0):
     _checks.data(z_t, "z_t")
     _checks.like(net_out, "net_out", z_t, "z_t")
     for name, coef in coefs.items():
         _checks.per_sample(coef, name, z_t, "z_t")
     if not isinstance(want_x0, bool):
         raise TypeError(f"want_x0 must be a bool, got {type(want_x0).__name__}")
-    return _checks.integer(seed, "seed", upper=2**63), _checks.integer(offset, "offset", upper=2**63)
+    return _checks.philox_key(seed, "seed", z_t, "z_t"), _checks.philox_key(offset, "offset", z_t, "z_t")
 
 
 def denoise_step(z_t: torch.Tensor, net_out: torch.Tensor, a: torch.Tensor, c: torch.Tensor, A: torch.Tensor,
-                 C: torch.Tensor, gamma: torch.Tensor, seed: int, offset: int = 0, *, want_x0: bool = False,
+                 C: torch.Tensor, gamma: torch.Tensor, seed: int | torch.Tensor, offset: int | torch.Tensor = 0, *,
+                 want_x0: bool = False,
                  backend: str | None = None):
     """Denoise + posterior / DDIM(eta) step with in-kernel Philox noise (method.md §e K1 / K3)::
 
@@ -58,7 +63,9 @@ def denoise_step(z_t: torch.Tensor, net_out: torch.Tensor, a: torch.Tensor, c: t
         a, c: (B,) floating: ``x̂ = a z_t + c F`` (``rmmd_core.parameterization.x0_coefficients``).
         A, C, gamma: (B,) floating: the posterior step (``rmmd_core.sampler.posterior_coefficients``).
             Compute all five in float64; they live on z_t's device.
-        seed: Philox key, int in [0, 2**63). offset: first Philox counter, int in [0, 2**63).
+        seed: Philox key, int in [0, 2**63). offset: first Philox counter, int in [0, 2**63). Either may be a
+            one-element int64 tensor on z_t's device instead (a device seed for CUDA-graph capture, read by
+            the kernel; bit-identical results; see :func:`~rmmd_core.ops.posterior_step`).
         want_x0: also write x̂ in the same pass (the last step of a rollout returns it).
         backend: None (``RMMD_CORE_BACKEND``, default auto), "auto", "reference", "cpu", "triton", "cuda".
 
@@ -75,7 +82,13 @@ def denoise_step(z_t: torch.Tensor, net_out: torch.Tensor, a: torch.Tensor, c: t
         z_s, x0 = denoise_step_ref(z_t, net_out, a, c, A, C, gamma, seed, offset, want_x0)
     else:
         P, Q = fold_denoise_coefficients(a, c, A, C)
-        op = torch.ops.rmmd_core.denoise_step_triton if name == "triton" else torch.ops.rmmd_core.denoise_step
+        keys = dispatch.device_philox_args(seed, offset, z_t.device)
+        if keys is not None:
+            seed, offset = keys
+            op = (torch.ops.rmmd_core.denoise_step_dev_triton if name == "triton"
+                  else torch.ops.rmmd_core.denoise_step_dev)
+        else:
+            op = torch.ops.rmmd_core.denoise_step_triton if name == "triton" else torch.ops.rmmd_core.denoise_step
         z_s, x0 = op(z_t, net_out, P, Q, gamma, a, c, seed, offset, want_x0)
     return (z_s, x0) if want_x0 else z_s
 
@@ -86,8 +99,8 @@ def _fake(z_t, net_out, P, Q, gamma, a, c, seed, offset, want_x0):
     _checks.fake_like("denoise_step", net_out, "net_out", z_t, "z_t")
     for name, coef in (("P", P), ("Q", Q), ("gamma", gamma), ("a", a), ("c", c)):
         _checks.fake_per_sample("denoise_step", coef, name, z_t, "z_t")
-    _checks.fake_non_negative("denoise_step", seed, "seed")
-    _checks.fake_non_negative("denoise_step", offset, "offset")
+    _checks.fake_philox("denoise_step", seed, "seed", z_t, "z_t")
+    _checks.fake_philox("denoise_step", offset, "offset", z_t, "z_t")
     return z_t.new_empty(z_t.shape), z_t.new_empty(z_t.shape if want_x0 else (0,))
 
 
@@ -122,4 +135,5 @@ def _backward(ctx, grad_zs, grad_x0):
     return grad_z, grad_f, None, None, None, None, None, None, None, None
 
 
-registered_ops: tuple[str, ...] = register_op(_OP, _OP_TRITON, _fake, _backward, _setup_context)
+registered_ops: tuple[str, ...] = (register_op(_OP, _OP_TRITON, _fake, _backward, _setup_context)
+                                   + register_op(_OP_DEV, _OP_DEV_TRITON, _fake, _backward, _setup_context))

@@ -30,8 +30,8 @@ from ._library import op_defined
 from .reference import philox_randn_ref, posterior_step_ref
 
 __all__ = [
-    "BACKENDS", "BACKEND_ENV", "Backend", "auto_backends", "available_backends", "backend_reasons", "get_backend", "philox_randn",
-    "posterior_step", "resolve_backend",
+    "BACKENDS", "BACKEND_ENV", "Backend", "auto_backends", "available_backends", "backend_reasons",
+    "device_philox_args", "get_backend", "philox_randn", "posterior_step", "resolve_backend",
 ]
 
 BACKEND_ENV = "RMMD_CORE_BACKEND"
@@ -235,18 +235,41 @@ def _resolve(op: str, choice: str, source: str, tensors, backend) -> str:
 _check_int = _checks.integer
 
 
-def _validate_posterior_step(z_t, x_hat, A, C, gamma, seed, offset) -> tuple[int, int]:
+def _validate_posterior_step(z_t, x_hat, A, C, gamma, seed, offset):
     for name, t in (("x_hat", x_hat), ("A", A), ("C", C), ("gamma", gamma)):
         _checks.tensor(t, name)
     _checks.data(z_t, "z_t")
     _checks.like(x_hat, "x_hat", z_t, "z_t")
     for name, coef in (("A", A), ("C", C), ("gamma", gamma)):
         _checks.per_sample(coef, name, z_t, "z_t")
-    return _checks.integer(seed, "seed", upper=2**63), _checks.integer(offset, "offset", upper=2**63)
+    return _checks.philox_key(seed, "seed", z_t, "z_t"), _checks.philox_key(offset, "offset", z_t, "z_t")
+
+
+def device_philox_args(seed: int | torch.Tensor, offset: int | torch.Tensor,
+                       device: torch.device) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """``None`` when seed and offset are both ints (the ops' int schemas), else both as int64 tensors.
+
+    Device seeds exist for CUDA-graph capture: a kernel launch argument is frozen into the graph at capture,
+    a value in device memory is read at every replay (the caller ``copy_``-es the next seed in). When only
+    one of the two is a tensor, the other becomes a 0-d tensor through ``torch.full``, a fill kernel that is
+    itself capturable (``torch.tensor(int, device=...)`` is a host-to-device copy, which capture forbids);
+    its value is then a constant of the graph, as an int argument would be. Arguments must be validated
+    already (``_checks.philox_key``).
+    """
+    if not isinstance(seed, torch.Tensor) and not isinstance(offset, torch.Tensor):
+        return None
+
+    def as_tensor(value):
+        if isinstance(value, torch.Tensor):
+            return value
+        return torch.full((), value, dtype=torch.int64, device=device)
+
+    return as_tensor(seed), as_tensor(offset)
 
 
 def posterior_step(z_t: torch.Tensor, x_hat: torch.Tensor, A: torch.Tensor, C: torch.Tensor,
-                   gamma: torch.Tensor, seed: int, offset: int = 0, backend: str | None = None) -> torch.Tensor:
+                   gamma: torch.Tensor, seed: int | torch.Tensor, offset: int | torch.Tensor = 0,
+                   backend: str | None = None) -> torch.Tensor:
     """Posterior / DDIM(eta) step with in-kernel Philox noise (method.md §a.4, §e K1)::
 
         z_s[b, j] = A[b] * z_t[b, j] + C[b] * x_hat[b, j] + gamma[b] * n[b * D + j]
@@ -270,6 +293,11 @@ def posterior_step(z_t: torch.Tensor, x_hat: torch.Tensor, A: torch.Tensor, C: t
         seed: Philox key, int in [0, 2**63). Same (seed, offset) gives the same noise.
         offset: first Philox counter, int in [0, 2**63); draw ``numel`` counters per call, so
             successive calls sharing a seed should advance it by ``z_t.numel()``.
+            Either may instead be a one-element int64 tensor on z_t's device (a *device seed*), read
+            by the kernel from device memory, so a CUDA graph that captured the call draws fresh noise
+            after ``seed_t.copy_(next_seed)``; results are bit-identical to the int with that value.
+            Such tensors run the ``rmmd_core::*_dev`` ops. The value is checked on CPU only (a GPU
+            check would need a device read); a negative value on a GPU is not detected.
         backend: None (``RMMD_CORE_BACKEND``, default auto), "auto", "reference", "cpu", "triton", "cuda".
 
     Returns:
@@ -283,6 +311,11 @@ def posterior_step(z_t: torch.Tensor, x_hat: torch.Tensor, A: torch.Tensor, C: t
     name = resolve_backend("posterior_step", z_t, x_hat, A, C, gamma, backend=backend)
     if name == "reference":
         return posterior_step_ref(z_t, x_hat, A, C, gamma, seed, offset)
+    keys = device_philox_args(seed, offset, z_t.device)
+    if keys is not None:  # device seeds: the *_dev twins of the ops (same kernels, same stream)
+        op = (torch.ops.rmmd_core.posterior_step_dev_triton if name == "triton"
+              else torch.ops.rmmd_core.posterior_step_dev)
+        return op(z_t, x_hat, A, C, gamma, *keys)
     if name == "triton":
         return torch.ops.rmmd_core.posterior_step_triton(z_t, x_hat, A, C, gamma, seed, offset)
     # cpu and cuda are the same dispatcher op; the tensors' device selects the kernel.

@@ -40,14 +40,18 @@ def _mul_hi_lo(const: int, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]
     return (product >> 32) & _MASK32, product & _MASK32
 
 
-def _scalar(value: int, device) -> torch.Tensor:
+def _scalar(value: int | torch.Tensor, device) -> torch.Tensor:
     # seed / offset enter as 0-d int64 tensors, not Python ints: under torch.compile a changing seed
     # becomes a SymInt, and Inductor's CPU codegen miscompiles bit ops on symbolic ints (torch 2.13:
     # "Vectorized<float> >> shift"); tensor arithmetic compiles like the rest of the stream.
+    # A one-element int64 tensor (a device seed, see dispatch.posterior_step) is used as it is: the
+    # reference then never reads it on the host either, and the arithmetic is the same.
+    if isinstance(value, torch.Tensor):
+        return value.reshape(()).to(device=device, dtype=torch.int64)
     return torch.tensor(value, dtype=torch.int64, device=device)
 
 
-def _counters(numel: int, offset: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+def _counters(numel: int, offset: int | torch.Tensor, device) -> tuple[torch.Tensor, torch.Tensor]:
     """Low / high 32 bits of the uint64 counters ``offset + i`` for i < numel."""
     i = torch.arange(numel, dtype=torch.int64, device=device)
     off = _scalar(offset, device)
@@ -56,7 +60,8 @@ def _counters(numel: int, offset: int, device) -> tuple[torch.Tensor, torch.Tens
     return lo & _MASK32, hi
 
 
-def philox4x32_ref(numel: int, seed: int, offset: int = 0, device=None) -> tuple[torch.Tensor, ...]:
+def philox4x32_ref(numel: int, seed: int | torch.Tensor, offset: int | torch.Tensor = 0,
+                   device=None) -> tuple[torch.Tensor, ...]:
     """The four 32-bit Philox-4x32-10 outputs for counters ``offset + i``, i in [0, numel).
 
     Counter ``(c0, c1, c2, c3) = (lo32(offset + i), hi32(offset + i), 0, 0)``, key ``(lo32(seed),
@@ -64,8 +69,8 @@ def philox4x32_ref(numel: int, seed: int, offset: int = 0, device=None) -> tuple
 
     Args:
         numel: number of counters.
-        seed: integer in [0, 2**63).
-        offset: integer in [0, 2**63).
+        seed: integer in [0, 2**63), or a one-element int64 tensor holding one (read on its device).
+        offset: integer in [0, 2**63), or such a tensor.
         device: where to compute.
 
     Returns:
@@ -91,7 +96,7 @@ def _uint_to_uniform(x: torch.Tensor) -> torch.Tensor:
     return folded.to(torch.float32) * scale
 
 
-def philox_randn_ref(numel: int, seed: int, offset: int = 0, device=None) -> torch.Tensor:
+def philox_randn_ref(numel: int, seed: int | torch.Tensor, offset: int | torch.Tensor = 0, device=None) -> torch.Tensor:
     """Standard normals ``n[i] = tl.randn(seed, offset + i)`` for i in [0, numel), in float32.
 
     Box-Muller on the first two Philox outputs (the sine half is discarded, as in ``tl.randn``)::
@@ -104,8 +109,8 @@ def philox_randn_ref(numel: int, seed: int, offset: int = 0, device=None) -> tor
 
     Args:
         numel: number of draws.
-        seed: integer in [0, 2**63).
-        offset: integer >= 0; ``philox_randn_ref(n, s, o)[k:] == philox_randn_ref(n - k, s, o + k)``.
+        seed: integer in [0, 2**63), or a one-element int64 tensor holding one.
+        offset: integer >= 0 (or such a tensor); ``philox_randn_ref(n, s, o)[k:] == philox_randn_ref(n - k, s, o + k)``.
         device: where to compute (default: CPU).
 
     Returns:
@@ -119,7 +124,8 @@ def philox_randn_ref(numel: int, seed: int, offset: int = 0, device=None) -> tor
 
 
 def posterior_step_ref(z_t: torch.Tensor, x_hat: torch.Tensor, A: torch.Tensor, C: torch.Tensor,
-                       gamma: torch.Tensor, seed: int, offset: int = 0) -> torch.Tensor:
+                       gamma: torch.Tensor, seed: int | torch.Tensor,
+                       offset: int | torch.Tensor = 0) -> torch.Tensor:
     """Posterior / DDIM(eta) step (method.md §a.4, §e K1), pure PyTorch::
 
         z_s[b, j] = A[b] * z_t[b, j] + C[b] * x_hat[b, j] + gamma[b] * n[b * D + j]
@@ -135,8 +141,8 @@ def posterior_step_ref(z_t: torch.Tensor, x_hat: torch.Tensor, A: torch.Tensor, 
         z_t: (B, ...) float32 / float64 / float16 / bfloat16, the noisy state at time t.
         x_hat: same shape, dtype and device as z_t, the denoiser's x-prediction.
         A, C, gamma: (B,) floating per-sample coefficients (typically float64); see method.md §a.4.
-        seed: Philox key in [0, 2**63).
-        offset: first Philox counter, >= 0.
+        seed: Philox key in [0, 2**63): an int, or a one-element int64 tensor (not read on the host).
+        offset: first Philox counter, >= 0: an int or such a tensor.
 
     Returns:
         z_s: new contiguous tensor with z_t's shape and dtype.
@@ -257,7 +263,8 @@ def aux_loss_ref(o: torch.Tensor, x0: torch.Tensor, m_ref: torch.Tensor,
     return loss, grad.to(o.dtype).contiguous()
 
 
-def renoise_ref(x: torch.Tensor, alpha: torch.Tensor, sigma: torch.Tensor, seed: int, offset: int = 0) -> torch.Tensor:
+def renoise_ref(x: torch.Tensor, alpha: torch.Tensor, sigma: torch.Tensor, seed: int | torch.Tensor,
+                offset: int | torch.Tensor = 0) -> torch.Tensor:
     """Forward (re-)noising with in-kernel noise (method.md §c.6 step 2, §e K2)::
 
         x_t[b, j] = alpha[b] * x[b, j] + sigma[b] * n[b * D + j],    n = philox_randn_ref(B * D, seed, offset)
@@ -268,7 +275,8 @@ def renoise_ref(x: torch.Tensor, alpha: torch.Tensor, sigma: torch.Tensor, seed:
     Args:
         x: (B, ...) float32 / float64 / float16 / bfloat16, the clean (or rolled-out) sample.
         alpha, sigma: (B,) floating per-sample schedule values (float64 recommended).
-        seed: Philox key in [0, 2**63). offset: first Philox counter, >= 0.
+        seed: Philox key in [0, 2**63). offset: first Philox counter, >= 0. Each an int or a one-element
+            int64 tensor (not read on the host).
 
     Returns:
         x_t: new contiguous tensor with x's shape and dtype.

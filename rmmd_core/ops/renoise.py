@@ -15,17 +15,21 @@ __all__ = ["renoise"]
 
 _OP = "rmmd_core::renoise"
 _OP_TRITON = "rmmd_core::renoise_triton"
+# Device-seed twins (one-element int64 seed / offset tensors, for CUDA-graph capture): same arity, same
+# fake (its seed checks take ints or tensors) and autograd.
+_OP_DEV = "rmmd_core::renoise_dev"
+_OP_DEV_TRITON = "rmmd_core::renoise_dev_triton"
 
 
-def _validate(x, alpha, sigma, seed, offset) -> tuple[int, int]:
+def _validate(x, alpha, sigma, seed, offset):
     _checks.data(x, "x")
     for name, coef in (("alpha", alpha), ("sigma", sigma)):
         _checks.per_sample(coef, name, x, "x")
-    return _checks.integer(seed, "seed", upper=2**63), _checks.integer(offset, "offset", upper=2**63)
+    return _checks.philox_key(seed, "seed", x, "x"), _checks.philox_key(offset, "offset", x, "x")
 
 
-def renoise(x: torch.Tensor, alpha: torch.Tensor, sigma: torch.Tensor, seed: int, offset: int = 0,
-            backend: str | None = None) -> torch.Tensor:
+def renoise(x: torch.Tensor, alpha: torch.Tensor, sigma: torch.Tensor, seed: int | torch.Tensor,
+            offset: int | torch.Tensor = 0, backend: str | None = None) -> torch.Tensor:
     """Forward (re-)noise ``x_t = alpha x + sigma eps`` with in-kernel noise (method.md §c.6 step 2, §e K2)::
 
         x_t[b, j] = alpha[b] * x[b, j] + sigma[b] * n[b * D + j],    n[i] = tl.randn(seed, offset + i)
@@ -38,7 +42,9 @@ def renoise(x: torch.Tensor, alpha: torch.Tensor, sigma: torch.Tensor, seed: int
     Args:
         x: (B, ...) float32 / float64 / float16 / bfloat16: the clean or rolled-out sample.
         alpha, sigma: (B,) floating on x's device (compute them in float64).
-        seed: int in [0, 2**63); offset: int in [0, 2**63).
+        seed: int in [0, 2**63); offset: int in [0, 2**63). Either may be a one-element int64 tensor on x's
+            device instead (a device seed for CUDA-graph capture, read by the kernel; bit-identical results;
+            see :func:`~rmmd_core.ops.posterior_step`).
         backend: None (``RMMD_CORE_BACKEND``, default auto), "auto", "reference", "cpu", "triton", "cuda".
 
     Returns:
@@ -48,6 +54,10 @@ def renoise(x: torch.Tensor, alpha: torch.Tensor, sigma: torch.Tensor, seed: int
     name = dispatch.resolve_backend("renoise", x, alpha, sigma, backend=backend)
     if name == "reference":
         return renoise_ref(x, alpha, sigma, seed, offset)
+    keys = dispatch.device_philox_args(seed, offset, x.device)
+    if keys is not None:
+        op = torch.ops.rmmd_core.renoise_dev_triton if name == "triton" else torch.ops.rmmd_core.renoise_dev
+        return op(x, alpha, sigma, *keys)
     if name == "triton":
         return torch.ops.rmmd_core.renoise_triton(x, alpha, sigma, seed, offset)
     return torch.ops.rmmd_core.renoise(x, alpha, sigma, seed, offset)
@@ -57,8 +67,8 @@ def _fake(x, alpha, sigma, seed, offset):
     _checks.fake_data("renoise", x, "x")
     for name, coef in (("alpha", alpha), ("sigma", sigma)):
         _checks.fake_per_sample("renoise", coef, name, x, "x")
-    _checks.fake_non_negative("renoise", seed, "seed")
-    _checks.fake_non_negative("renoise", offset, "offset")
+    _checks.fake_philox("renoise", seed, "seed", x, "x")
+    _checks.fake_philox("renoise", offset, "offset", x, "x")
     return x.new_empty(x.shape)
 
 
@@ -76,4 +86,5 @@ def _backward(ctx, grad):
     return (grad.to(opmath) * alpha.to(opmath).reshape(shape)).to(grad.dtype), None, None, None, None
 
 
-registered_ops: tuple[str, ...] = register_op(_OP, _OP_TRITON, _fake, _backward, _setup_context)
+registered_ops: tuple[str, ...] = (register_op(_OP, _OP_TRITON, _fake, _backward, _setup_context)
+                                   + register_op(_OP_DEV, _OP_DEV_TRITON, _fake, _backward, _setup_context))
