@@ -1,0 +1,138 @@
+"""RolloutGraph (rmmd_core/rollout_graph.py): the rollout as a replayable unit with static buffers and device
+seeds. On CPU it runs eagerly and must match ``run_rollout`` with the same seeds as ints, bit for bit; its
+body must not read device values on the host (capture forbids it); on CUDA (skipped here) the captured
+graph must give the eager results on every replay."""
+from __future__ import annotations
+
+import traceback
+
+import pytest
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from rmmd_core import Denoiser, DiscreteVP
+from rmmd_core.rollout_graph import RolloutGraph
+from rmmd_core.sampler import read_seeds, rollout_plan, run_rollout, time_grid
+
+
+class ClassNet(torch.nn.Module):
+    """eps-net with class labels: out = tanh(W z + emb[y] + t/1000)."""
+
+    def __init__(self, dim: int = 6, classes: int = 4):
+        super().__init__()
+        self.lin = torch.nn.Linear(dim, dim)
+        self.emb = torch.nn.Embedding(classes, dim)
+
+    def forward(self, z, t, class_labels=None):
+        h = self.lin(z) + t.to(z.dtype).view(-1, 1) / 1000
+        if class_labels is not None:
+            h = h + self.emb(class_labels)
+        return torch.tanh(h)
+
+
+def _setup(K: int, dtype=torch.float32, batch: int = 5, device="cpu"):
+    torch.manual_seed(0)
+    sch = DiscreteVP.from_diffusers_config(num_train_timesteps=1000)
+    den = Denoiser(ClassNet(), sch, prediction="eps", time_input="index").to(device=device, dtype=dtype).eval()
+    plan = rollout_plan(sch, time_grid(K, sch), 1.0, K, torch.device(device))
+    g = torch.Generator(device=device).manual_seed(1)
+    z = torch.randn(batch, 6, generator=g, device=device, dtype=dtype)
+    cond = {"class_labels": torch.randint(0, 4, (batch,), generator=g, device=device)}
+    seeds = torch.randint(0, 2**62, (plan.seeds_needed,), generator=g, device=device, dtype=torch.int64)
+    return den, plan, z, cond, seeds
+
+
+def _eager(den, plan, z, cond, seeds):
+    with torch.no_grad():
+        return run_rollout(den, z, plan, cond, seeds=read_seeds([seeds]))[:2]
+
+
+@pytest.mark.parametrize("K", [1, 3, 8])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_matches_run_rollout_bit_for_bit_on_every_call(K, dtype):
+    den, plan, z, cond, seeds = _setup(K, dtype)
+    graph = RolloutGraph(den, plan, z, cond)
+    assert not graph.capture and graph.seeds.shape == (plan.seeds_needed,)
+    g = torch.Generator().manual_seed(7)
+    for _ in range(3):  # fresh start noise, seeds and labels each call, as a training loop would pass them
+        x, x_hat = graph(z, seeds, cond)
+        want_x, want_hat = _eager(den, plan, z, cond, seeds)
+        assert torch.equal(x, want_x)
+        assert (x_hat is None) == (want_hat is None) and (x_hat is None or torch.equal(x_hat, want_hat))
+        z = torch.randn(z.shape, generator=g, dtype=dtype)
+        seeds = torch.randint(0, 2**62, seeds.shape, generator=g, dtype=torch.int64)
+        cond = {"class_labels": torch.randint(0, 4, (z.shape[0],), generator=g)}
+
+
+def test_call_counters_advance_per_rollout():
+    den, plan, z, cond, seeds = _setup(4)
+    graph = RolloutGraph(den, plan, z, cond, warmup=2)
+    calls, nfe = den.calls, den.nfe
+    graph(z, seeds, cond)
+    assert (den.calls - calls, den.nfe - nfe) == (4, 4 * z.shape[0])
+    assert graph._counts == (4, 4 * z.shape[0], 0)
+
+
+class _HostReads(TorchDispatchMode):
+    """Device->host reads (``_local_scalar_dense``) with the rmmd_core frame that made each one."""
+
+    def __init__(self):
+        super().__init__()
+        self.sites = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func is torch.ops.aten._local_scalar_dense.default:
+            frames = [f for f in traceback.extract_stack() if "rmmd_core" in f.filename]
+            self.sites.append(f"{frames[-1].filename.rsplit('/', 1)[-1]}:{frames[-1].name}" if frames else "?")
+        return func(*args, **(kwargs or {}))
+
+
+def test_body_reads_nothing_on_the_host_except_cpu_seed_checks():
+    """A CUDA graph cannot capture a device->host read. On CPU the only reads in the body are the seed
+    tensors' sign checks in ops._checks.philox_key, which skips them for CUDA tensors."""
+    den, plan, z, cond, seeds = _setup(4)
+    graph = RolloutGraph(den, plan, z, cond)
+    log = _HostReads()
+    with log:
+        graph(z, seeds, cond)
+    assert log.sites == ["_checks.py:philox_key"] * plan.seeds_needed, log.sites
+
+
+def test_bad_inputs_name_the_argument():
+    den, plan, z, cond, seeds = _setup(2)
+    graph = RolloutGraph(den, plan, z, cond)
+    with pytest.raises(ValueError, match=r"z must be a torch.float32 tensor of shape \(5, 6\)"):
+        graph(z[:3], seeds, cond)
+    with pytest.raises(ValueError, match=r"z must be"):
+        graph(z.double(), seeds, cond)
+    with pytest.raises(ValueError, match=r"seeds must be an int64 tensor of shape \(1,\)"):
+        graph(z, seeds.int(), cond)
+    with pytest.raises(ValueError, match=r"seeds must be"):
+        graph(z, torch.zeros(3, dtype=torch.int64), cond)
+    with pytest.raises(ValueError, match=r"cond must have the captured keys \['class_labels'\]"):
+        graph(z, seeds, {"labels": cond["class_labels"]})
+    with pytest.raises(ValueError, match=r"cond\['class_labels'\] must be a torch.int64 tensor of shape \(5,\)"):
+        graph(z, seeds, {"class_labels": cond["class_labels"][:2]})
+    with pytest.raises(ValueError, match="cond was None when the rollout was captured"):
+        RolloutGraph(den, plan, z, None)(z, seeds, cond)
+    with pytest.raises(ValueError, match="capture=True needs CUDA tensors"):
+        RolloutGraph(den, plan, z, cond, capture=True)
+    with pytest.raises(TypeError, match="z_like must be a floating"):
+        RolloutGraph(den, plan, torch.zeros(5, 6, dtype=torch.int64), cond)
+    with pytest.raises(ValueError, match="warmup must be an integer >= 1"):
+        RolloutGraph(den, plan, z, cond, warmup=0)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("K", [1, 4])
+def test_cuda_graph_replays_the_eager_rollout(K):
+    den, plan, z, cond, seeds = _setup(K, device="cuda")
+    graph = RolloutGraph(den, plan, z, cond)
+    assert graph.capture and graph.graph is not None
+    g = torch.Generator(device="cuda").manual_seed(3)
+    for _ in range(3):
+        x, _ = graph(z, seeds, cond)
+        want, _ = _eager(den, plan, z, cond, seeds)
+        torch.testing.assert_close(x, want, rtol=0, atol=0)
+        z = torch.randn(z.shape, generator=g, device="cuda")
+        seeds = torch.randint(0, 2**62, seeds.shape, generator=g, device="cuda", dtype=torch.int64)
