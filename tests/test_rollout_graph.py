@@ -136,3 +136,25 @@ def test_cuda_graph_replays_the_eager_rollout(K):
         torch.testing.assert_close(x, want, rtol=0, atol=0)
         z = torch.randn(z.shape, generator=g, device="cuda")
         seeds = torch.randint(0, 2**62, seeds.shape, generator=g, device="cuda", dtype=torch.int64)
+
+
+def test_bench_rollout_graph_smoke(tmp_path, capsys):
+    """benchmarks/bench_rollout_graph.py --smoke: both rows per config and K, outputs checked equal inside,
+    times recorded (never asserted)."""
+    import importlib.util
+    import json
+    import pathlib
+
+    pytest.importorskip("diffusers")
+    bench_dir = pathlib.Path(__file__).resolve().parents[1] / "benchmarks"
+    spec = importlib.util.spec_from_file_location("bench_rollout_graph", bench_dir / "bench_rollout_graph.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    out = tmp_path / "rg.json"
+    assert mod.main(["--smoke", "--threads", "1", "--json", str(out)]) == 0
+    assert "| config | impl | ms / rollout |" in capsys.readouterr().out
+    rows = json.loads(out.read_text())["rows"]
+    assert [(r["config"], r["impl"]) for r in rows] == [
+        ("unet-xs K=1", "eager"), ("unet-xs K=1", "graph (eager: no CUDA)"),
+        ("unet-xs K=2", "eager"), ("unet-xs K=2", "graph (eager: no CUDA)")]
+    assert all(r["ms_median"] > 0 and len(r["ms_all"]) == 2 for r in rows)
