@@ -54,6 +54,11 @@ class RMMDConfig:
         adam: implementation of those optimisers: ``'foreach'`` (default; torch's multi-tensor Adam, the
             same updates bit for bit as its per-tensor loop) or ``'fused'`` (torch's fused kernel, one
             pass per step: 2-4x faster on CPU for small networks; it rounds differently, ~1e-7 relative).
+    Speed:
+        graph_rollout: run the on-policy no-grad student rollout through a cached
+            :class:`~rmmd_core.rollout_graph.RolloutGraph`: captured as a CUDA graph on CUDA (launches
+            replayed at once, Philox seeds read from device memory), the same code eagerly elsewhere
+            (bit-identical to the default). Single process only; the student's hooks run at capture only.
     Memory:
         frozen_dtype: None (default: frozen networks keep their weights' dtype) or ``'bfloat16'``: the
             teacher, the phase-1 anchor and the frozen phase-1 auxiliary hold bf16 weights (half their
@@ -84,6 +89,7 @@ class RMMDConfig:
     eps: float = 1e-12
     adam: str = "foreach"
     frozen_dtype: str | None = None
+    graph_rollout: bool = False
 
     def __post_init__(self):
         def need(cond, field, expected):
@@ -113,6 +119,7 @@ class RMMDConfig:
         need(len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas), "betas", "two numbers in [0, 1)")
         need(self.eps > 0, "eps", "> 0")
         need(self.adam in ADAM_IMPLS, "adam", f"one of {ADAM_IMPLS}")
+        need(isinstance(self.graph_rollout, bool), "graph_rollout", "a bool")
         need(self.frozen_dtype is None or self.frozen_dtype in FROZEN_DTYPES, "frozen_dtype",
              f"None or one of {FROZEN_DTYPES}")
 

@@ -23,7 +23,8 @@ with the same seeds bit for bit.
 
 Not capturable: networks that read device values on the host, change shapes with the data, or allocate
 with host synchronisation; hooks that must run every call (they run during warm-up and capture only).
-The Denoiser's call counters are advanced by the calls one rollout makes on every replay.
+The Denoiser's call counters are advanced by the calls one rollout makes on every replay (and left as
+they were by the warm-up and capture runs).
 """
 from __future__ import annotations
 
@@ -103,7 +104,7 @@ class RolloutGraph:
         if self.capture and device.type != "cuda":
             raise ValueError(f"capture=True needs CUDA tensors, got z_like on {device}")
         self.graph = None
-        counts0 = (denoiser.calls, denoiser.nfe, denoiser.grad_calls)
+        start = counts0 = (denoiser.calls, denoiser.nfe, denoiser.grad_calls)
         if self.capture:
             side = torch.cuda.Stream(device)
             side.wait_stream(torch.cuda.current_stream(device))
@@ -120,8 +121,10 @@ class RolloutGraph:
                 self._body()
             counts0 = (denoiser.calls, denoiser.nfe, denoiser.grad_calls)
             self.out = self._body()
-        # what one rollout adds to the Denoiser's counters (a replay runs no Python: added by hand)
+        # what one rollout adds to the Denoiser's counters (a replay runs no Python: added by hand); the
+        # warm-up and capture runs are set-up, not calls of anyone's iteration, so the counters are restored
         self._counts = (denoiser.calls - counts0[0], denoiser.nfe - counts0[1], denoiser.grad_calls - counts0[2])
+        denoiser.calls, denoiser.nfe, denoiser.grad_calls = start
 
     def _body(self):
         seeds = [self.seeds[i] for i in range(self.plan.seeds_needed)]  # 0-d views: device seeds

@@ -198,6 +198,32 @@ def _rollout_plan(engine: RMMD, sch, K: int, steps: int, device) -> RolloutPlan:
     return plan
 
 
+def _student_rollout(engine: RMMD, z: torch.Tensor, plan: RolloutPlan, cond: Cond, generator, seeds: list[int],
+                     seed_t: list[torch.Tensor]) -> torch.Tensor:
+    """The no-grad student rollout from ``z`` along ``plan`` (its state at the plan's end), with the seeds
+    already drawn: ``seeds`` as ints, ``seed_t`` the same values as device tensors. With
+    ``config.graph_rollout`` (single process) through a :class:`~rmmd_core.rollout_graph.RolloutGraph`
+    cached per plan, batch and conditioning layout, fed the device seeds; its output buffer is copied,
+    so what this iteration keeps (e.g. in an autograd graph) is not overwritten by the next replay."""
+    n = plan.seeds_needed
+    from .distributed import is_distributed  # local import: keeps torch.distributed out of the package import
+    if not engine.config.graph_rollout or is_distributed():
+        return run_rollout(engine.student, z, plan, cond, generator=generator, backend=engine.backend,
+                           seeds=seeds[:n])[0]
+    from .rollout_graph import RolloutGraph
+    layout = (None if cond is None else (cond.shape, cond.dtype) if isinstance(cond, torch.Tensor)
+              else tuple((k, (v.shape, v.dtype) if isinstance(v, torch.Tensor) else v) for k, v in cond.items()))
+    key = (id(engine.student), id(plan), z.shape, z.dtype, z.device, layout, engine.backend)
+    cache = engine.__dict__.setdefault("_rollout_graphs", {})
+    hit = cache.get(key)
+    if hit is None or hit[0] is not engine.student or hit[1] is not plan:
+        if len(cache) > 16:
+            cache.clear()
+        hit = cache[key] = (engine.student, plan, RolloutGraph(engine.student, plan, z, cond, backend=engine.backend))
+    dev_seeds = torch.cat(seed_t[:n]) if n else torch.zeros(0, dtype=torch.int64, device=z.device)
+    return hit[2](z, dev_seeds.to(z.device), cond)[0].clone()
+
+
 def check_reward_kwargs(engine: RMMD, reward_kwargs, B: int) -> dict:
     """Validate ``reward_kwargs`` (reward-only inputs such as a verifying target) and return a plain dict.
 
@@ -291,8 +317,7 @@ def _losses(engine: RMMD, data: torch.Tensor | None = None, cond: Cond = None, *
                 s, t = _sample_times(N, K, cfg.gap, g, device)
                 seed_t += [seed_tensor(g), seed_tensor(g)]  # re-noise, posterior step
                 seeds = read_seeds(seed_t)
-                x, _, _ = run_rollout(student, z, plan, cond_n, generator=g, backend=engine.backend,
-                                      seeds=seeds[:plan.seeds_needed])
+                x = _student_rollout(engine, z, plan, cond_n, g, seeds, seed_t)
             else:  # discrete: stop at a random student step i* in {1..K} (one per batch)
                 i_star = int(torch.randint(1, K + 1, (1,), generator=g, device=device).item())
                 plan = _rollout_plan(engine, sch, K, K - i_star, device)
@@ -302,8 +327,7 @@ def _losses(engine: RMMD, data: torch.Tensor | None = None, cond: Cond = None, *
                          else torch.full((N,), 1.0 / K, dtype=torch.float64, device=device))
                 seed_t.append(seed_tensor(g))  # posterior step
                 seeds = read_seeds(seed_t)
-                z_t, _, _ = run_rollout(student, z, plan, cond_n, generator=g, backend=engine.backend,
-                                        seeds=seeds[:plan.seeds_needed])
+                z_t = _student_rollout(engine, z, plan, cond_n, g, seeds, seed_t)
                 s = t - delta
         s = s.clamp_min(s_floor)
         t = torch.maximum(t, s)

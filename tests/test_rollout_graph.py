@@ -66,8 +66,9 @@ def test_matches_run_rollout_bit_for_bit_on_every_call(K, dtype):
 
 def test_call_counters_advance_per_rollout():
     den, plan, z, cond, seeds = _setup(4)
-    graph = RolloutGraph(den, plan, z, cond, warmup=2)
     calls, nfe = den.calls, den.nfe
+    graph = RolloutGraph(den, plan, z, cond, warmup=2)
+    assert (den.calls, den.nfe) == (calls, nfe)  # warm-up and capture runs are not counted
     graph(z, seeds, cond)
     assert (den.calls - calls, den.nfe - nfe) == (4, 4 * z.shape[0])
     assert graph._counts == (4, 4 * z.shape[0], 0)
@@ -158,3 +159,30 @@ def test_bench_rollout_graph_smoke(tmp_path, capsys):
         ("unet-xs K=1", "eager"), ("unet-xs K=1", "graph (eager: no CUDA)"),
         ("unet-xs K=2", "eager"), ("unet-xs K=2", "graph (eager: no CUDA)")]
     assert all(r["ms_median"] > 0 and len(r["ms_all"]) == 2 for r in rows)
+
+
+@pytest.mark.parametrize("variant", ["continuous", "discrete"])
+def test_step_with_graph_rollout_matches_the_default_bit_for_bit(variant):
+    """RMMDConfig(graph_rollout=True): the engine's rollout goes through a cached RolloutGraph fed the same
+    seeds as device tensors; on CPU (eager body) weights and metrics equal the default step's exactly."""
+    from rmmd_core import RMMD, RMMDConfig, step
+
+    results = []
+    for flag in (False, True):
+        torch.manual_seed(0)
+        sch = DiscreteVP.from_diffusers_config(num_train_timesteps=1000)
+        teacher = Denoiser(ClassNet(), sch, prediction="eps", time_input="index")
+        eng = RMMD(teacher, config=RMMDConfig(num_steps=3, variant=variant, graph_rollout=flag), sample_shape=(6,),
+                   seed=0)
+        cond = {"class_labels": torch.arange(5) % 4}
+        metrics = [step(eng, cond=cond) for _ in range(4)]
+        results.append(([p.detach().clone() for p in eng.student.parameters()], metrics, eng))
+    (w0, m0, e0), (w1, m1, e1) = results
+    assert all(torch.equal(a, b) for a, b in zip(w0, w1))
+    for a, b in zip(m0, m1):
+        assert a.keys() == b.keys()
+        for k in a:
+            assert a[k] == b[k] or (a[k] != a[k] and b[k] != b[k]), (k, a[k], b[k])
+    assert not hasattr(e0, "_rollout_graphs") and len(e1._rollout_graphs) >= 1
+    with pytest.raises(ValueError, match="graph_rollout must be a bool"):
+        RMMDConfig(graph_rollout=1)
