@@ -9,6 +9,7 @@ every row alike), with medians:
   (``reference`` = pure PyTorch, plus the fused backend of the device: ``cpu`` C++ / ``cuda`` / ``triton``);
   for the diffusers models also ``ours, fused Adam`` (``RMMDConfig(adam="fused")``, compared with the
   default floor: what the opt-in saves per iteration); for the UNets ``ours, ckpt student`` (memory);
+  on CUDA ``ours, graph rollout`` (``RMMDConfig(graph_rollout=True)``: the rollout as a CUDA graph);
 * ``floor``: the SAME network calls (recorded with forward pre-hooks during a real step: same modules,
   inputs, grad modes) replayed with a trivial loss (mean of each recorded output), one backward per
   trained network and the same optimiser steps. No schedule math, no cotangent, no EMA, no clipping;
@@ -268,18 +269,20 @@ class Row:
 
 
 def ours_rows(spec: Spec, device, backends, num_steps=None, with_floor=True, checkpoint=False,
-              adam: str = "foreach") -> list:
+              adam: str = "foreach", graph_rollout: bool = False) -> list:
     """Rows of ``rmmd_core.step()`` per backend (+ the floor of the first). ``checkpoint``: the student's
     network activation-checkpointed as a whole (its graph is recomputed in backward: one more forward,
     which the hooks do not see since checkpoint re-runs ``forward`` directly). ``adam``: the engine's
-    Adam implementation (``RMMDConfig.adam``; the row is labelled when not the default)."""
+    Adam implementation (``RMMDConfig.adam``; the row is labelled when not the default). ``graph_rollout``:
+    ``RMMDConfig(graph_rollout=True)``; a replayed CUDA graph runs no forward hooks, so such a row takes its
+    calls from the engine's metrics and its per-call shapes from the default row (build_rows)."""
     from rmmd_core.activation import checkpoint_activations
 
     K = spec.num_steps if num_steps is None else num_steps
     rows = []
     for b in backends:
         teacher = spec.make_teacher().to(device)
-        cfg = RMMDConfig(num_steps=K, ema_decay=0.999, adam=adam)
+        cfg = RMMDConfig(num_steps=K, ema_decay=0.999, adam=adam, graph_rollout=graph_rollout)
         eng = RMMD(teacher, config=cfg, sample_shape=spec.shape, seed=0, backend=b)
         if checkpoint:
             checkpoint_activations(eng.student.net, lambda m, net=eng.student.net: m is net)
@@ -292,9 +295,14 @@ def ours_rows(spec: Spec, device, backends, num_steps=None, with_floor=True, che
         log.record = True
         m = fn()
         log.record = False
-        assert sum(log.fwd.values()) == m["calls_total"] and sum(log.grad.values()) == m["calls_grad"], (log.fwd, m)
-        impl = "ours, ckpt student" if checkpoint else "ours" if adam == "foreach" else f"ours, {adam} Adam"
-        row = Row(spec.name, impl, b, K, fn, sum(log.fwd.values()), sum(log.grad.values()), calls=list(log.shapes))
+        if graph_rollout:
+            impl = "ours, graph rollout"
+            row = Row(spec.name, impl, b, K, fn, m["calls_total"], m["calls_grad"])
+        else:
+            assert sum(log.fwd.values()) == m["calls_total"] and sum(log.grad.values()) == m["calls_grad"], (log.fwd,
+                                                                                                              m)
+            impl = "ours, ckpt student" if checkpoint else "ours" if adam == "foreach" else f"ours, {adam} Adam"
+            row = Row(spec.name, impl, b, K, fn, sum(log.fwd.values()), sum(log.grad.values()), calls=list(log.shapes))
         rows.append(row)
         if with_floor and b == backends[0]:
             trained = [(eng.student.net, eng.student_optimizer), (eng.auxiliary.net, eng.aux_optimizer)]
@@ -494,6 +502,12 @@ def build_rows(names, specs, device, backends, peer: bool, k_sweep) -> list:
             rows += ours_rows(spec, device, backends[:1], with_floor=False, checkpoint=True)
         if spec.kind == "diffusers":  # the speed knob: torch's fused Adam (RMMDConfig(adam="fused"))
             rows += ours_rows(spec, device, backends[:1], with_floor=False, adam="fused")
+        if device.type == "cuda":  # the rollout as a replayed CUDA graph (eager elsewhere: nothing to time)
+            graph = ours_rows(spec, device, backends[:1], with_floor=False, graph_rollout=True)
+            base = next(r for r in rows if r.config == spec.name and r.impl == "ours")
+            for r in graph:
+                r.calls = list(base.calls)
+            rows += graph
         if peer and spec.peer:
             rows += peer_rows(spec, device)
     for K in k_sweep:

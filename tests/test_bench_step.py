@@ -102,3 +102,14 @@ def test_floor_plus_clips_and_updates_the_ema(monkeypatch):
     for b, e, p in zip(before, ema.ema_p, ema.p):
         torch.testing.assert_close(e, torch.lerp(b, p.detach(), ema.weight))
     assert any(not torch.equal(b, e) for b, e in zip(before, ema.ema_p))
+
+
+def test_graph_rollout_row_takes_its_calls_from_the_metrics():
+    """The ``ours, graph rollout`` row (timed on CUDA only) counts calls from the engine's metrics, since a
+    replayed CUDA graph runs no forward hooks; on CPU its rollout runs eagerly with the same counts."""
+    import torch
+
+    (row,) = bench_step.ours_rows(bench_step.SMOKE["unet-xs"], torch.device("cpu"), ["reference"],
+                                  with_floor=False, graph_rollout=True)
+    assert row.impl == "ours, graph rollout" and (row.fwd, row.grad_calls) == (4, 2) and row.calls == []
+    row.fn()
