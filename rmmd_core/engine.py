@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 
 from . import ops
@@ -271,9 +272,9 @@ def apply_update(loss: torch.Tensor, module: torch.nn.Module, optimizer: torch.o
 
 class UpdateChecks:
     """What :func:`backward_checks` leaves on the device for one module: ``tensors`` (``finite``: the loss
-    is finite; ``norm``: the global gradient norm; ``coef``: clip_grads_with_norm_'s coefficient
-    ``grad_clip / (norm + 1e-6)``), to be read by the caller (with anything else) and passed to
-    :meth:`finish` as floats. Single-process only (no cross-rank agreement).
+    is finite, absent when the caller reads the loss itself; ``norm``: the global gradient norm), to be
+    read by the caller (with anything else) and passed to :meth:`finish` as floats (``finite`` always).
+    Single-process only (no cross-rank agreement).
 
     ``backend_norm`` / ``backend_scale``: the fused-op backends the norm and (after :meth:`finish`) the
     clip ran on (step metrics ``backend_grad_norm`` / ``backend_grad_scale``); None when torch's own
@@ -294,12 +295,12 @@ class UpdateChecks:
             sharded = hasattr(self.total, "full_tensor")
             if sharded:
                 torch.nn.utils.clip_grads_with_norm_(self.params, self.grad_clip, self.total, None)
-            elif values["coef"] < 1.0:
-                # clip_grads_with_norm_'s multiply, one fused pass: coef stays on the device, clamped to 1
-                # exactly as torch does (the clamp changes nothing here since coef < 1 was read)
-                coef = torch.clamp(self.tensors["coef"], max=1.0)
-                self.backend_scale = self.backend_norm
-                _fused_grad_scale([p.grad for p in self.params], coef, self.backend_scale)
+            else:
+                coef = clip_coefficient(self.grad_clip, norm, self.total.dtype)
+                if coef < 1.0:  # clip_grads_with_norm_'s multiply (its clamp to 1 is a no-op here), one pass
+                    self.backend_scale = self.backend_norm
+                    coef_t = torch.full((), coef, dtype=self.total.dtype, device=self.total.device)
+                    _fused_grad_scale([p.grad for p in self.params], coef_t, self.backend_scale)
         if not math.isfinite(norm):
             self.optimizer.zero_grad(set_to_none=True)
             return norm, True
@@ -307,10 +308,23 @@ class UpdateChecks:
         return norm, False
 
 
+def clip_coefficient(grad_clip: float, norm: float, dtype: torch.dtype) -> float:
+    """``clip_grads_with_norm_``'s coefficient ``grad_clip / (norm + 1e-6)`` from the read ``norm``, with the
+    rounding of its tensor math in ``dtype`` (the norm's: float32 or float64): ``norm + 1e-6`` adds the
+    constant rounded to ``dtype``, and ``float / tensor`` is ``tensor.reciprocal() * float`` (torch's
+    ``Tensor.__rtruediv__``). NumPy scalars round each IEEE operation exactly as the kernels do, so the value
+    and the ``< 1`` decision equal torch's bit for bit (tests/test_grad_norm_op.py) without three small
+    device ops per module."""
+    f = np.float64 if dtype == torch.float64 else np.float32
+    return float(f(1.0) / (f(norm) + f(1e-6)) * f(grad_clip))
+
+
 def backward_checks(loss: torch.Tensor, module: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                    grad_clip: float | None, backend: str | None = None) -> UpdateChecks:
+                    grad_clip: float | None, backend: str | None = None, loss_read: bool = False) -> UpdateChecks:
     """:func:`apply_update` without its host reads: zero the gradients, backward, and leave the finite
-    check, the gradient norm and the clip coefficient on the device (:class:`UpdateChecks`).
+    check and the gradient norm on the device (:class:`UpdateChecks`); the clip coefficient is computed
+    from the read norm (:func:`clip_coefficient`). ``loss_read``: the caller reads the loss's value anyway
+    and passes ``finite`` to :meth:`UpdateChecks.finish` itself (no device-side check is made).
 
     Unlike :func:`apply_update` the backward runs before the loss is known to be finite (a non-finite
     loss's gradients are then dropped by :meth:`UpdateChecks.finish`), so one read can serve several
@@ -321,7 +335,7 @@ def backward_checks(loss: torch.Tensor, module: torch.nn.Module, optimizer: torc
     gradients keep torch's get_total_norm / clip_grads_with_norm_. Single process only: under DDP / FSDP
     the ranks must agree on skipping before the backward (use apply_update)."""
     optimizer.zero_grad(set_to_none=True)
-    tensors = {"finite": torch.isfinite(loss.detach()).all()}
+    tensors = {} if loss_read else {"finite": torch.isfinite(loss.detach()).all()}
     loss.backward()
     params = grads_of(module)
     total, name = None, None
@@ -334,9 +348,6 @@ def backward_checks(loss: torch.Tensor, module: torch.nn.Module, optimizer: torc
             total = _fused_grad_norm(grads, name)
         sharded = hasattr(total, "full_tensor")  # FSDP2: a DTensor holding the (already global) norm
         tensors["norm"] = total.full_tensor() if sharded else total
-        if grad_clip is not None and not sharded:  # sharded gradients are always clipped (finish_update)
-            # the same float32 coefficient clip_grads_with_norm_ computes (so the decision is exact)
-            tensors["coef"] = float(grad_clip) / (total + 1e-6)
     return UpdateChecks(module, optimizer, grad_clip, params, total, tensors, name)
 
 

@@ -16,6 +16,7 @@ from the student's own rollouts ("continuous" or "discrete"/backward-simulation 
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -72,7 +73,7 @@ class _SurrogateLoss(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x0, value, cot):
         ctx.save_for_backward(cot)
-        return value.detach().clone()
+        return value.clone()  # forward runs without grad: the clone records nothing
 
     @staticmethod
     def backward(ctx, grad_out):
@@ -82,7 +83,9 @@ class _SurrogateLoss(torch.autograd.Function):
 
 def surrogate_loss(x0: torch.Tensor, value: torch.Tensor, cot: torch.Tensor) -> torch.Tensor:
     """Scalar with ``value`` (a 0-d tensor, no grad) and gradient ``cot`` (like x0) w.r.t. ``x0``."""
-    return _SurrogateLoss.apply(x0, value.detach(), cot.detach())
+    # value and cot come from no-grad fused ops in the engine (detached already: no alias op needed)
+    return _SurrogateLoss.apply(x0, value.detach() if value.requires_grad else value,
+                                cot.detach() if cot.requires_grad else cot)
 
 
 class _AuxLoss(torch.autograd.Function):
@@ -95,7 +98,8 @@ class _AuxLoss(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, o, x0, m_ref, w, backend):
-        loss, grad = ops.aux_loss(o.detach(), x0.detach(), m_ref.detach(), w.detach(), backend=backend)
+        # forward runs with grad disabled, so the op records no graph: the inputs need no detach
+        loss, grad = ops.aux_loss(o, x0, m_ref, w, backend=backend)
         ctx.save_for_backward(grad)
         return loss.mean().to(o.dtype)
 
@@ -440,11 +444,15 @@ def _losses(engine: RMMD, data: torch.Tensor | None = None, cond: Cond = None, *
 
 def read_scalars(tensors: dict) -> dict:
     """``{name: float}`` of 0-d / 1-element tensors in ONE device->host copy (each ``float()`` of a CUDA
-    tensor is a sync). ``cat`` promotes float32 / bool values to float64 exactly before the read."""
+    tensor is a sync). ``stack`` / ``cat`` promote float32 / bool values to float64 exactly before the read."""
     if not tensors:
         return {}
+    vals = list(tensors.values())
     with torch.no_grad():  # no graph, so no detach per value
-        flat = torch.cat([v.reshape(1) for v in tensors.values()]).to(torch.float64)
+        # 0-d values (the engine's): one stack instead of a reshape per value and a cat
+        flat = torch.stack(vals) if all(v.dim() == 0 for v in vals) else torch.cat([v.reshape(1) for v in vals])
+        if flat.dtype != torch.float64:
+            flat = flat.to(torch.float64)
     return dict(zip(tensors, flat.tolist()))
 
 
@@ -521,16 +529,22 @@ def step(engine: RMMD, data: torch.Tensor | None = None, cond: Cond = None, *, b
         # then the metrics, both finite checks, gradient norms and clip decisions in ONE host read, then
         # both optimiser steps. A non-finite loss is detected after its backward (its gradients are
         # dropped), so weights, optimiser state and every metric are those of apply_update.
-        checks = {"aux": backward_checks(out.aux_loss, engine.auxiliary, engine.aux_optimizer, clip, engine.backend)}
+        # The losses' values are among the scalars read (aux_loss; student_loss is the objective the surrogate
+        # returns), so their finite checks are made on the host from that read (loss_read).
+        checks = {"aux": backward_checks(out.aux_loss, engine.auxiliary, engine.aux_optimizer, clip, engine.backend,
+                                         loss_read=True)}
         if out.student_loss is not None:
             checks["student"] = backward_checks(out.student_loss, engine.student, engine.student_optimizer, clip,
-                                                engine.backend)
+                                                engine.backend, loss_read=True)
         values = read_scalars({**scalars, **{f"{k}/{n}": v for k, c in checks.items() for n, v in c.tensors.items()}})
         m.update({k: values[k] for k in scalars})
-        grad_norm_aux, skipped_a = checks["aux"].finish({n: values[f"aux/{n}"] for n in checks["aux"].tensors})
+        loss_value = {"aux": values["aux_loss"], "student": values["student_loss"]}
+
+        def read(k):
+            return {**{n: values[f"{k}/{n}"] for n in checks[k].tensors}, "finite": math.isfinite(loss_value[k])}
+        grad_norm_aux, skipped_a = checks["aux"].finish(read("aux"))
         if out.student_loss is not None:
-            grad_norm, skipped_s = checks["student"].finish(
-                {n: values[f"student/{n}"] for n in checks["student"].tensors})
+            grad_norm, skipped_s = checks["student"].finish(read("student"))
         for c in checks.values():  # the gradient norm / clip ops (engine.backward_checks)
             add_backend_metric(m, "grad_norm", c.backend_norm)
             add_backend_metric(m, "grad_scale", c.backend_scale)

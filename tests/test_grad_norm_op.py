@@ -322,3 +322,23 @@ def test_dtensor_gradients_stay_on_torchs_path():
         assert float(clipped.norm()) == pytest.approx(1.0, rel=1e-5)
     finally:
         dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_host_clip_coefficient_equals_torchs_tensor_math(dtype):
+    """engine.clip_coefficient reproduces clip_grads_with_norm_'s ``max_norm / (total + 1e-6)`` bit for bit
+    from the read norm (norms over 24 decades, near the clip threshold, tiny and huge clips), so the
+    engine's clip decision and multiplier equal torch's without the device ops."""
+    from rmmd_core.engine import clip_coefficient
+
+    g = torch.Generator().manual_seed(17)
+    norms = torch.cat([torch.exp(torch.empty(4000, dtype=torch.float64).uniform_(-28, 28, generator=g)),
+                       1.0 + torch.empty(1000, dtype=torch.float64).uniform_(-1e-5, 1e-5, generator=g),
+                       torch.tensor([0.0, 1e-6, 1.0 - 1e-6, 1.0, 3e38], dtype=torch.float64)]).to(dtype)
+    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    for dev, clip in [(d, c) for d in devices for c in (1.0, 0.37, 1e-3, 123.4, 1e-30, 1e30)]:
+        # torch's expression on the device, elementwise (the 0-d kernels round each operation the same way)
+        expected = torch.clamp(float(clip) / (norms.to(dev) + 1e-6), max=1.0).tolist()
+        for n, e in zip(norms.tolist(), expected):
+            got = min(clip_coefficient(clip, n, dtype), 1.0)
+            assert got == e, (clip, n, got, e)
