@@ -12,7 +12,11 @@ every row alike), with medians:
   on CUDA ``ours, graph rollout`` (``RMMDConfig(graph_rollout=True)``: the rollout as a CUDA graph);
 * ``floor``: the SAME network calls (recorded with forward pre-hooks during a real step: same modules,
   inputs, grad modes) replayed with a trivial loss (mean of each recorded output), one backward per
-  trained network and the same optimiser steps. No schedule math, no cotangent, no EMA, no clipping;
+  trained network and the same optimiser steps, taken by what a plain PyTorch trainer runs: its own
+  ``torch.optim.Adam(foreach=True)`` with the engine's hyperparameters (the engine's default
+  ``rmmd_core.adam.ForeachAdam`` makes bit-identical updates with less Python per step; the JSON keeps
+  ``overhead_vs_floor_same_optimizer``, the ratio when the floor steps the engine's own optimisers).
+  No schedule math, no cotangent, no EMA, no clipping;
 * ``floor+clip+EMA``: the floor plus what a plain PyTorch trainer of the same networks does around its
   optimiser steps when it clips and keeps an EMA as ours does: ``torch.nn.utils.clip_grad_norm_`` (max
   norm = ``grad_clip``) before each step and a ``torch._foreach_lerp_`` EMA of the student (same decay,
@@ -228,6 +232,13 @@ class Floor:
                     self.ema()
 
 
+def plain_adam(opt: torch.optim.Optimizer) -> torch.optim.Adam:
+    """A fresh ``torch.optim.Adam(foreach=True)`` over ``opt``'s parameters with its hyperparameters."""
+    g = opt.param_groups[0]
+    return torch.optim.Adam([p for grp in opt.param_groups for p in grp["params"]], lr=g["lr"], betas=g["betas"],
+                            eps=g["eps"], weight_decay=g["weight_decay"], foreach=True)
+
+
 class PlainEMA:
     """A plain PyTorch trainer's EMA of ``net`` into ``ema_net``: one ``torch._foreach_lerp_`` over the
     parameters (weight ``1 - decay``), buffers copied."""
@@ -305,13 +316,18 @@ def ours_rows(spec: Spec, device, backends, num_steps=None, with_floor=True, che
             row = Row(spec.name, impl, b, K, fn, sum(log.fwd.values()), sum(log.grad.values()), calls=list(log.shapes))
         rows.append(row)
         if with_floor and b == backends[0]:
-            trained = [(eng.student.net, eng.student_optimizer), (eng.auxiliary.net, eng.aux_optimizer)]
+            # a plain trainer's optimisers: torch's Adam with the engine's hyperparameters (own state)
+            trained = [(eng.student.net, plain_adam(eng.student_optimizer)),
+                       (eng.auxiliary.net, plain_adam(eng.aux_optimizer))]
             rows.append(Row(spec.name, "floor", "-", K, Floor(log.calls, trained), row.fwd, row.grad_calls,
                             calls=list(log.shapes)))
             plus = Floor(log.calls, trained, clip=cfg.grad_clip,
                          ema=PlainEMA(eng.ema.net, eng.student.net, cfg.ema_decay))
             rows.append(Row(spec.name, "floor+clip+EMA", "-", K, plus, row.fwd, row.grad_calls,
                             calls=list(log.shapes)))
+            same = [(eng.student.net, eng.student_optimizer), (eng.auxiliary.net, eng.aux_optimizer)]
+            rows.append(Row(spec.name, SAME_OPT_FLOOR, "-", K, Floor(log.calls, same), row.fwd,
+                            row.grad_calls, calls=list(log.shapes)))
             rows += calibration_rows(spec.name, K, log.calls)
         log.remove()
     return rows
@@ -517,13 +533,15 @@ def build_rows(names, specs, device, backends, peer: bool, k_sweep) -> list:
     return rows
 
 
-FLOORS = ("floor", "peer floor", "floor+clip+EMA", "peer floor+clip+EMA")
+SAME_OPT_FLOOR = "floor, engine optimisers"  # the floor stepping the engine's own optimiser objects
+FLOORS = ("floor", "peer floor", "floor+clip+EMA", "peer floor+clip+EMA", SAME_OPT_FLOOR)
 
 
-def _floor_keys(r: Row) -> tuple[str, str]:
-    """(its floor, its floor+clip+EMA) row names for row ``r``."""
-    base = "peer floor" if r.impl.startswith("peer") else "floor"
-    return base, base + "+clip+EMA"
+def _floor_keys(r: Row) -> tuple[str, str, str | None]:
+    """(its floor, its floor+clip+EMA, its same-optimiser floor or None) row names for row ``r``."""
+    peer = r.impl.startswith("peer")
+    base = "peer floor" if peer else "floor"
+    return base, base + "+clip+EMA", None if peer else SAME_OPT_FLOOR
 
 
 def paired_ratio(row: Row, floor: Row, cpu: bool = False) -> float:
@@ -535,19 +553,20 @@ def paired_ratio(row: Row, floor: Row, cpu: bool = False) -> float:
 
 
 def _paired(r: Row, rows: list, which: int) -> float | None:
-    """:func:`paired_ratio` of ``r`` over its floor (``which`` 0) or floor+clip+EMA (1); None for floors,
-    calibration rows and rows without that floor."""
+    """:func:`paired_ratio` of ``r`` over its floor (``which`` 0), floor+clip+EMA (1) or the floor stepping the
+    engine's own optimisers (2); None for floors, calibration rows and rows without that floor."""
     if r.impl in FLOORS or r.impl.startswith("net "):
         return None
     want = _floor_keys(r)[which]
-    f = next((x for x in rows if x.config == r.config and x.impl == want), None)
+    f = next((x for x in rows if x.config == r.config and x.impl == want), None) if want else None
     return paired_ratio(r, f) if f is not None and f.times else None
 
 
 def format_table(rows: list) -> str:
     """Markdown table of every row. Overheads are the row over its floor and over its floor+clip+EMA, each
-    the median of the per-round ratios (:func:`paired_ratio`); the floor+clip+EMA rows show their own
-    ratio over the floor (what clipping and the EMA cost)."""
+    the median of the per-round ratios (:func:`paired_ratio`); the floor+clip+EMA and same-optimiser floor
+    rows show their own ratio over the floor (what clipping and the EMA cost; what the engine's optimiser
+    saves or costs against torch's)."""
     floors = {(r.config, r.impl): r for r in rows if r.impl in FLOORS}
     ratios = fwd_bwd_ratio(rows)
     head = ("| config | impl | backend | K | fwd | grad calls | ms / iter | overhead vs floor | "
@@ -561,9 +580,9 @@ def format_table(rows: list) -> str:
         return f"{paired_ratio(r, f, cpu):.3f}" if f is not None and f.times else ""
 
     for r in rows:
-        base, plus = _floor_keys(r)
+        base, plus, _ = _floor_keys(r)
         cells = ["", "", "", ""]  # overhead, overhead+, CPU overhead, CPU overhead+
-        if r.impl.endswith("+clip+EMA"):
+        if r.impl.endswith("+clip+EMA") or r.impl == SAME_OPT_FLOOR:
             cells[0], cells[2] = ratio(r, (r.config, base)), ratio(r, (r.config, base), cpu=True)
         elif r.impl not in FLOORS and not r.impl.startswith("net "):
             cells = [ratio(r, (r.config, base)), ratio(r, (r.config, plus)),
@@ -655,6 +674,7 @@ def main(argv=None) -> int:
                                  "fwd_eq": forward_equivalents(r, ratios),
                                  "ms_per_fwd_eq": r.ms / forward_equivalents(r, ratios),
                                  "overhead_vs_floor": _paired(r, rows, 0), "overhead_vs_floor_plus": _paired(r, rows, 1),
+                                 "overhead_vs_floor_same_optimizer": _paired(r, rows, 2),
                                  "ms_all": [1e3 * t for t in r.times], "cpu_ms_median": r.cpu_ms,
                                  "cpu_ms_all": [1e3 * t for t in r.cpu_times], "peak_mib": r.peak_mib}
                                 for r in rows]},

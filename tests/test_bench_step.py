@@ -56,9 +56,20 @@ def test_smoke_run_table_and_counts(tmp_path, capsys):
 def test_floor_replays_the_recorded_calls():
     import torch
 
-    ours, floor, _, *calibration = bench_step.ours_rows(bench_step.SMOKE["2d"], torch.device("cpu"), ["reference"])
+    ours, floor, _, same, *calibration = bench_step.ours_rows(bench_step.SMOKE["2d"], torch.device("cpu"),
+                                                              ["reference"])
     assert [r.impl for r in calibration] == ["net fwd", "net fwd+bwd"]
     assert floor.impl == "floor" and isinstance(floor.fn, bench_step.Floor)
+    # the floor is a plain trainer: torch's own Adam (the engine's hyperparameters, its own state); the
+    # same-optimiser floor steps the engine's ForeachAdam objects
+    from rmmd_core.adam import ForeachAdam
+    assert all(type(opt) is torch.optim.Adam and opt.defaults["foreach"] for _, opt in floor.fn.trained)
+    assert same.impl == bench_step.SAME_OPT_FLOOR and same.fn.calls is floor.fn.calls
+    assert all(isinstance(opt, ForeachAdam) for _, opt in same.fn.trained)
+    for (_, plain), (_, engine_opt) in zip(floor.fn.trained, same.fn.trained):
+        assert [p for g in plain.param_groups for p in g["params"]] == engine_opt.param_groups[0]["params"]
+        for k in ("lr", "betas", "eps", "weight_decay"):
+            assert plain.defaults[k] == engine_opt.defaults[k]
     counter = {"fwd": 0, "grad": 0}
 
     def hook(mod, args, kwargs):

@@ -1,0 +1,124 @@
+"""``ForeachAdam``: ``torch.optim.Adam(foreach=True)`` with a leaner ``step()``, bit-identical updates.
+
+Why: torch's multi-tensor Adam spends a good part of a small model's step outside its eight ``_foreach_*``
+kernels. Per step and parameter it reads the step counter twice on the host (``_get_value(step)``, one
+``.item()`` each for the two bias corrections), builds its per-parameter lists in Python
+(``_init_group``) and regroups them by device and dtype. Measured on the small DiT of
+``benchmarks/bench_step.py`` (44 tensors, 203K values, 2 threads): 1.04 ms per step for torch's, 0.81 ms
+for the same kernels called directly.
+
+What: when every parameter of the (single) group has a gradient and the same step count, :meth:`step`
+issues exactly torch's ``_multi_tensor_adam`` calls (same ops, same order, same scalars):
+
+    step += 1                                   (a float32 / float64 CPU tensor per parameter, as torch)
+    m <- lerp(m, g, 1 - beta1);  v <- v beta2;  v <- v + (1 - beta2) g g
+    d <- sqrt(v) / sqrt(1 - beta2^k) + eps;     p <- p + (-lr / (1 - beta1^k)) m / d
+
+with the bias corrections computed once from the step count ``k`` the optimiser tracks itself (replaying
+the counter's float32 increments, so it equals what ``.item()`` would read). Everything else (several
+groups, weight decay, amsgrad, maximize, capturable, complex or mixed device / dtype parameters, missing
+gradients, a closure, unequal step counts) runs torch's own ``step``; state dicts are torch's, so
+checkpoints move freely between the two classes. Step hooks run once per step (torch's wrapper).
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+__all__ = ["ForeachAdam"]
+
+
+def _torch_adam_step():
+    """``torch.optim.Adam.step`` without torch's hook wrapper (``Optimizer._patch_step_function`` wraps
+    every optimiser class's ``step`` once; ours is wrapped too, so the hooks must not run twice)."""
+    f = torch.optim.Adam.step
+    return f.__wrapped__ if getattr(f, "hooked", False) else f
+
+
+class ForeachAdam(torch.optim.Adam):
+    """``torch.optim.Adam(params, foreach=True, ...)`` with a faster, bit-identical :meth:`step` (module
+    docstring). Same arguments as ``torch.optim.Adam`` except ``foreach`` / ``fused``."""
+
+    def __init__(self, params, **kwargs):
+        for k in ("foreach", "fused"):
+            if k in kwargs:
+                raise TypeError(f"ForeachAdam: {k} is fixed (foreach=True); got {k}={kwargs[k]!r}")
+        super().__init__(params, foreach=True, **kwargs)
+        # the step count k every parameter's state["step"] holds, as a NumPy scalar of the counter's dtype,
+        # or None when unknown (before the first step, after a fallback step or a state load): then read once
+        self._count = None
+        self._one = torch.tensor(1.0)  # torch's CPU-step increment operand (alpha=1.0 overload)
+
+    def load_state_dict(self, state_dict) -> None:
+        super().load_state_dict(state_dict)
+        self._count = None
+
+    def _fast_lists(self):
+        """``(params, grads, exp_avgs, exp_avg_sqs, steps)`` when the fast path applies, else None."""
+        if len(self.param_groups) != 1:
+            return None
+        group = self.param_groups[0]
+        if (group["amsgrad"] or group["maximize"] or group["capturable"] or group["differentiable"]
+                or group["fused"] or not group["foreach"] or group["weight_decay"] != 0
+                or not isinstance(group["lr"], float) or not all(isinstance(b, float) for b in group["betas"])):
+            return None
+        params = group["params"]
+        if not params:
+            return None
+        p0 = params[0]
+        dtype, device = p0.dtype, p0.device
+        if p0.is_complex():
+            return None
+        state = self.state
+        grads, exp_avgs, exp_avg_sqs, steps = [], [], [], []
+        for p in params:
+            g = p.grad
+            if g is None or g.is_sparse or p.dtype is not dtype or p.device != device:
+                return None
+            st = state.get(p)
+            if not st or "step" not in st:  # lazy state: torch's step initialises it
+                return None
+            grads.append(g)
+            exp_avgs.append(st["exp_avg"])
+            exp_avg_sqs.append(st["exp_avg_sq"])
+            steps.append(st["step"])
+        if not steps[0].is_cpu:
+            return None
+        return params, grads, exp_avgs, exp_avg_sqs, steps
+
+    def _step_count(self, steps):
+        """The common step count (NumPy scalar in the counters' dtype), or None when they differ."""
+        if self._count is None:
+            values = torch.stack(steps).tolist() if len(steps) > 1 else [steps[0].item()]
+            if any(v != values[0] for v in values):
+                return None
+            self._count = (np.float64 if steps[0].dtype == torch.float64 else np.float32)(values[0])
+        return self._count
+
+    def step(self, closure=None):
+        lists = self._fast_lists() if closure is None else None
+        count = self._step_count(lists[4]) if lists is not None else None
+        if count is None:
+            self._count = None  # torch's step may advance only some counters
+            return _torch_adam_step()(self, closure)
+        params, grads, exp_avgs, exp_avg_sqs, steps = lists
+        group = self.param_groups[0]
+        lr, eps = group["lr"], group["eps"]
+        beta1, beta2 = group["betas"]
+        n = len(params)
+        with torch.no_grad():
+            # torch._multi_tensor_adam, non-capturable branch, one device / dtype group
+            torch._foreach_add_(steps, self._one, alpha=1.0)
+            count = count + count.dtype.type(1.0)  # the counter's own rounding
+            self._count = count
+            k = float(count)  # what _get_value(step) reads
+            torch._foreach_lerp_(exp_avgs, grads, 1 - beta1)
+            torch._foreach_mul_(exp_avg_sqs, beta2)
+            torch._foreach_addcmul_(exp_avg_sqs, grads, grads, 1 - beta2)
+            step_size = (lr / (1 - beta1 ** k)) * -1
+            bias_correction2_sqrt = (1 - beta2 ** k) ** 0.5
+            denom = torch._foreach_sqrt(exp_avg_sqs)
+            torch._foreach_div_(denom, [bias_correction2_sqrt] * n)
+            torch._foreach_add_(denom, eps)
+            torch._foreach_addcdiv_(params, exp_avgs, denom, [step_size] * n)
+        return None
