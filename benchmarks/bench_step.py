@@ -2,7 +2,8 @@
 
 On small and mid-size models a distillation step is its network calls, so the question is what a step
 costs on top of them. For each configuration we time, interleaved round by round (so machine load hits
-every row alike), with medians:
+every row alike; cheap configurations several calls per round, row order alternating: time_rows), with
+medians:
 
 * ``ours``: ``rmmd_core.step()`` in the phase-1 on-policy mode (continuous variant, K student steps,
   teacher reference, Adam updates of student and auxiliary, EMA), once per fused-op backend
@@ -460,18 +461,33 @@ def _sync(device):
         torch.cuda.synchronize()
 
 
-def time_rows(rows: list, repeats: int, device) -> None:
-    """Interleaved: each round runs every row once, so load spikes hit all rows alike."""
+def time_rows(rows: list, repeats: int, device, min_round_s: float = 0.25) -> None:
+    """Interleaved: each round runs every row, so load that drifts between rounds hits all rows alike.
+
+    Within a round a configuration's rows each run ``n`` times in a row, ``n`` the same for all of them
+    (so :func:`paired_ratio` still pairs calls of the same round) and chosen from the warm-up so that the
+    configuration's ``ours`` row takes about ``min_round_s`` per round: the cheap configurations, whose
+    overheads sit closest to the noise, get several samples per round instead of one. The row order
+    alternates between rounds (forwards, then backwards), so no row always runs right after the same
+    other row (cache and frequency state left behind by the previous row then bias no ratio)."""
+    warm = {}
     for r in rows:
+        _sync(device)
+        t0 = time.perf_counter()
         r.fn()  # warm-up
-    for _ in range(repeats):
-        for r in rows:
-            _sync(device)
-            t0, c0 = time.perf_counter(), time.process_time()
-            r.fn()
-            _sync(device)
-            r.times.append(time.perf_counter() - t0)
-            r.cpu_times.append(time.process_time() - c0)
+        _sync(device)
+        if r.impl == "ours" and r.config not in warm:
+            warm[r.config] = time.perf_counter() - t0
+    inner = {c: max(1, min(8, round(min_round_s / max(t, 1e-6)))) for c, t in warm.items()}
+    for k in range(repeats):
+        for r in (rows if k % 2 == 0 else rows[::-1]):
+            for _ in range(inner.get(r.config, 1)):
+                _sync(device)
+                t0, c0 = time.perf_counter(), time.process_time()
+                r.fn()
+                _sync(device)
+                r.times.append(time.perf_counter() - t0)
+                r.cpu_times.append(time.process_time() - c0)
 
 
 def _status_kib(key: str) -> int:
@@ -646,7 +662,7 @@ def main(argv=None) -> int:
         print(json.dumps([r.peak_mib for r in rows]))
         return 0
 
-    time_rows(rows, repeats, device)
+    time_rows(rows, repeats, device, min_round_s=0.0 if args.smoke else 0.25)
     if memory == "inprocess":
         measure_memory(rows, device, tries=1 if args.smoke else 2)
     elif memory == "subprocess":
@@ -675,7 +691,7 @@ def main(argv=None) -> int:
                                  "ms_per_fwd_eq": r.ms / forward_equivalents(r, ratios),
                                  "overhead_vs_floor": _paired(r, rows, 0), "overhead_vs_floor_plus": _paired(r, rows, 1),
                                  "overhead_vs_floor_same_optimizer": _paired(r, rows, 2),
-                                 "ms_all": [1e3 * t for t in r.times], "cpu_ms_median": r.cpu_ms,
+                                 "samples": len(r.times), "ms_all": [1e3 * t for t in r.times], "cpu_ms_median": r.cpu_ms,
                                  "cpu_ms_all": [1e3 * t for t in r.cpu_times], "peak_mib": r.peak_mib}
                                 for r in rows]},
                       f, indent=1)

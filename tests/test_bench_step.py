@@ -124,3 +124,31 @@ def test_graph_rollout_row_takes_its_calls_from_the_metrics():
                                   with_floor=False, graph_rollout=True)
     assert row.impl == "ours, graph rollout" and (row.fwd, row.grad_calls) == (4, 2) and row.calls == []
     row.fn()
+
+
+def test_time_rows_pairs_calls_within_rounds_and_alternates_order():
+    """Every row of a configuration runs the same number of calls per round (sized on its ``ours`` row's
+    warm-up), so per-round pairs stay aligned; the row order flips every round."""
+    import time as _time
+
+    import torch
+
+    log = []
+
+    def row(config, impl, cost):
+        def fn():
+            log.append((config, impl))
+            _time.sleep(cost)
+        return bench_step.Row(config, impl, "-", 1, fn)
+
+    rows = [row("cheap", "ours", 0.002), row("cheap", "floor", 0.002), row("dear", "ours", 0.03),
+            row("dear", "floor", 0.03)]
+    bench_step.time_rows(rows, 2, torch.device("cpu"), min_round_s=0.01)
+    n_cheap = round(0.01 / 0.002)
+    assert [len(r.times) for r in rows] == [2 * n_cheap, 2 * n_cheap, 2, 2]
+    timed = log[len(rows):]  # after the warm-up calls
+    first = [c for i, c in enumerate(timed) if i == 0 or c != timed[i - 1]]
+    # runs of the same row collapsed: the second round starts with the row the first one ended with
+    assert first == [("cheap", "ours"), ("cheap", "floor"), ("dear", "ours"), ("dear", "floor"),
+                     ("dear", "ours"), ("cheap", "floor"), ("cheap", "ours")]
+    assert timed.count(("dear", "floor")) == 2 and timed.count(("cheap", "ours")) == 2 * n_cheap
