@@ -13,7 +13,7 @@ import torch
 
 from . import ops
 from .denoiser import Cond, Denoiser
-from .schedule_memo import pin
+from .schedule_memo import memo_value, pin
 from .schedules import Schedule, get_schedule
 
 GRIDS = ("uniform", "karras")
@@ -98,7 +98,7 @@ def _coefficients_from(at, as_, eta: float):
     a_s, sg_s, lam_s = as_
     var_ts = -(sg_t ** 2) * torch.expm1(lam_t - lam_s)
     var_ts = var_ts.clamp_min(0)
-    gamma = eta * sg_s * var_ts.sqrt() / sg_t
+    gamma = (sg_s if eta == 1.0 else eta * sg_s) * var_ts.sqrt() / sg_t  # 1.0 * x is x: one op fewer
     A = (sg_s ** 2 - gamma ** 2).clamp_min(0).sqrt() / sg_t
     C = a_s - A * a_t
     return A, C, gamma
@@ -107,6 +107,8 @@ def _coefficients_from(at, as_, eta: float):
 def _coefficients(schedule, t, s, eta, given, batch: int):
     if given is None:
         return posterior_coefficients(schedule, t, s, eta)
+    if all(isinstance(c, torch.Tensor) and c.dtype == torch.float64 and c.shape == (batch,) for c in given):
+        return tuple(given)  # already per sample (a rollout plan's, the engine's): no expand views
     return tuple(torch.as_tensor(c, dtype=torch.float64).expand(batch) for c in given)
 
 
@@ -160,8 +162,19 @@ def denoise_step(schedule: Schedule, z_t: torch.Tensor, net_out: torch.Tensor, a
     if final is None:
         final = bool((torch.as_tensor(s) <= 0).all())
     seed = 0 if final else draw_seed(generator) if seed is None else seed
-    return ops.denoise_step(z_t, net_out, a.to(dev), c.to(dev), A.to(dev), C.to(dev), gamma.to(dev), seed, 0,
-                            want_x0=want_x0, backend=backend)
+    coefs = (a, c, A, C)
+    if all(x.device == dev for x in coefs):
+        # a, c, A, C are functions of the times: for a rollout plan's pinned grid times (and its cached
+        # coefficients) the float64 fold is made once per run, not once per step. The tag's ids are safe:
+        # the memo entry holds the four tensors, so no other tensor can take their ids while it lives.
+        folded = memo_value(t, ("denoise_fold", *map(id, coefs)),
+                            lambda: (*coefs, *ops.fold_denoise_coefficients(*coefs)))[4:]
+    else:  # moved per call: fresh tensors every time, nothing to share
+        a, c, A, C = coefs = tuple(x.to(dev) for x in coefs)
+        folded = ops.fold_denoise_coefficients(*coefs)
+    gamma = gamma.to(dev)
+    return ops.denoise_step(z_t, net_out, a, c, A, C, gamma, seed, 0, want_x0=want_x0, folded=folded,
+                            backend=backend)
 
 
 def can_fuse(denoiser) -> bool:
@@ -234,6 +247,18 @@ class RolloutPlan:
         """Philox seeds the rollout draws: one per step that does not end at s = 0."""
         return sum(1 for e in self.ends if e > 0.0)
 
+    def step_coefficients(self, batch: int) -> tuple:
+        """``((A_j, C_j, gamma_j) for each step)`` as ``(batch,)`` float64 views of :attr:`coefficients`, made
+        once per batch size (a rollout then indexes and expands nothing per step)."""
+        key = ("coefficients", batch)
+        got = self._times.get(key)
+        if got is None:
+            if len(self._times) > 8:
+                self._times.clear()
+            got = self._times[key] = tuple(tuple(c[j].expand(batch) for c in self.coefficients)
+                                           for j in range(len(self.ends)))
+        return got
+
     def step_times(self, batch: int) -> tuple:
         """``((t_j, s_j) for each step)`` as ``(batch,)`` float64 views of the grid, made once per batch size
         and pinned (:func:`rmmd_core.schedule_memo.pin`): the schedule values, network time and x̂
@@ -264,13 +289,13 @@ def run_rollout(denoiser: Denoiser, z: torch.Tensor, plan: RolloutPlan, cond: Co
     Philox seeds already drawn from ``generator`` (:func:`read_seeds`), else they are drawn per step."""
     fused = fused and can_fuse(denoiser)
     B, x_hat, calls = z.shape[0], None, 0
-    eta, ends, coefs = plan.eta, plan.ends, plan.coefficients
+    eta, ends = plan.eta, plan.ends
     steps = len(ends)
     seed_iter = iter(seeds) if seeds is not None else None
-    times = plan.step_times(B)
+    times, step_coefs = plan.step_times(B), plan.step_coefficients(B)
     for j in range(steps):
         t, s = times[j]
-        coef_j = tuple(c[j] for c in coefs)
+        coef_j = step_coefs[j]
         to_zero = ends[j] <= 0.0
         seed = next(seed_iter) if seed_iter is not None and not to_zero else None
         calls += 1

@@ -523,22 +523,28 @@ class DiscreteVP(Schedule):
         return cls.from_betas(betas, sigma_data=sigma_data)
 
     # ---------------------------------------------------------------- helpers
-    def _table(self, like: Tensor) -> Tensor:
+    def _tables(self, like: Tensor) -> tuple[Tensor, Tensor]:
+        """The lambda table and its differences ``lambda_{i+1} - lambda_i`` in ``like``'s dtype and device
+        (cached). The differences are the same subtractions _segment's callers would make per sample."""
         key = (like.device, like.dtype)
-        tab = self._cache.get(key)
-        if tab is None:
+        hit = self._cache.get(key)
+        if hit is None:
             tab = self.log_snr_table.to(device=like.device, dtype=like.dtype)
-            self._cache[key] = tab
-        return tab
+            hit = (tab, tab[1:] - tab[:-1])
+            self._cache[key] = hit
+        return hit
+
+    def _table(self, like: Tensor) -> Tensor:
+        return self._tables(like)[0]
 
     def _segment(self, t: TensorLike):
-        """(lambda_i, lambda_{i+1}, w) for the clamped t, each of t's shape."""
+        """(lambda_i, lambda_{i+1} - lambda_i, w) for the clamped t, each of t's shape."""
         u = self.index(t)
-        i = u.detach().floor().clamp(0, self.num_train_timesteps - 2)
+        i = (u.detach() if u.requires_grad else u).floor().clamp(0, self.num_train_timesteps - 2)
         w = u - i
-        tab = self._table(u)
+        tab, dtab = self._tables(u)
         il = i.long()
-        return tab[il], tab[il + 1], w
+        return tab[il], dtab[il], w
 
     # ---------------------------------------------------------------- interface
     def index(self, t: TensorLike) -> Tensor:
@@ -550,8 +556,8 @@ class DiscreteVP(Schedule):
         return (_as_float_tensor(u) / (self.num_train_timesteps - 1)).clamp(self.t_min, self.t_max)
 
     def log_snr(self, t):
-        l0, l1, w = self._segment(t)
-        return l0 + w * (l1 - l0)
+        l0, dl, w = self._segment(t)
+        return l0 + w * dl
 
     def alpha_sigma(self, t):
         lam = self.log_snr(t)
@@ -573,9 +579,9 @@ class DiscreteVP(Schedule):
         return ((i.to(flat.dtype) + w) / (n - 1)).reshape(lam.shape).clamp(self.t_min, self.t_max)
 
     def alpha_sigma_derivatives(self, t):
-        l0, l1, w = self._segment(t)
-        lam = l0 + w * (l1 - l0)
-        dlam = (l1 - l0) * (self.num_train_timesteps - 1)
+        l0, dl, w = self._segment(t)
+        lam = l0 + w * dl
+        dlam = dl * (self.num_train_timesteps - 1)
         a2, s2 = torch.sigmoid(lam), torch.sigmoid(-lam)
         a, s = torch.sqrt(a2), torch.sqrt(s2)
         return 0.5 * a * s2 * dlam, -0.5 * a2 * s * dlam

@@ -241,3 +241,20 @@ def test_direct_op_checks_name_the_argument(case, name):
     kw = {**dict(z_t=torch.randn(3, 4), net_out=torch.randn(3, 4), a=a, c=c, seed=SEED), **BAD[case][0]}
     with pytest.raises(RuntimeError, match=rf"\b{name}\b"):
         torch.ops.rmmd_core.denoise_step(kw["z_t"], kw["net_out"], A, C, gamma, kw["a"], kw["c"], kw["seed"], 0, True)
+
+
+@pytest.mark.parametrize("backend", FUSED + ["reference"])
+def test_folded_coefficients_give_the_same_result(backend):
+    """``folded=fold_denoise_coefficients(a, c, A, C)`` (a rollout's fold made once) changes no bit; a
+    malformed pair is refused by name."""
+    dev = _device(backend)
+    z, f = torch.randn(5, 3, 37, device=dev), torch.randn(5, 3, 37, device=dev)
+    a, c, A, C, gamma = _coefs(5, dev, zero_gamma=(1,))
+    folded = fold_denoise_coefficients(a, c, A, C)
+    plain = ops.denoise_step(z, f, a, c, A, C, gamma, SEED, 7, want_x0=True, backend=backend)
+    given = ops.denoise_step(z, f, a, c, A, C, gamma, SEED, 7, want_x0=True, folded=folded, backend=backend)
+    assert all(torch.equal(x, y) for x, y in zip(plain, given))
+    with pytest.raises(TypeError, match="folded must be a"):
+        ops.denoise_step(z, f, a, c, A, C, gamma, SEED, 7, folded=folded[0], backend=backend)
+    with pytest.raises((TypeError, ValueError), match=r"\bP\b"):
+        ops.denoise_step(z, f, a, c, A, C, gamma, SEED, 7, folded=(folded[0][:3], folded[1]), backend=backend)

@@ -145,3 +145,28 @@ def test_non_affine_or_hooked_denoisers_fall_back():
     assert not can_fuse(plain)
     handle.remove()
     assert can_fuse(plain)
+
+
+def test_plan_reuses_its_step_coefficients_and_fold(monkeypatch):
+    """A rollout plan's per-step (A, C, gamma) are expanded once per batch size, and with the plan's pinned
+    grid times the fused step's float64 fold is computed once per step for the whole run (not once per
+    rollout), with bit-identical samples."""
+    import rmmd_core.ops as ops_pkg
+
+    den = _denoiser("eps")
+    grid = time_grid(3, den.schedule)
+    plan = sampler.rollout_plan(den.schedule, grid, 1.0, 3, "cpu")
+    coefs = plan.step_coefficients(6)
+    assert coefs is plan.step_coefficients(6) and len(coefs) == 3
+    for j, step_c in enumerate(coefs):
+        assert all(x.shape == (6,) and torch.equal(x, full[j].expand(6)) for x, full in zip(step_c, plan.coefficients))
+    folds = []
+    real = ops_pkg.fold_denoise_coefficients
+    monkeypatch.setattr(ops_pkg, "fold_denoise_coefficients", lambda *a: folds.append(1) or real(*a))
+    z = torch.randn(6, 4)
+    outs = []
+    for _ in range(3):
+        with torch.no_grad():
+            outs.append(sampler.run_rollout(den, z, plan, generator=torch.Generator().manual_seed(1))[0])
+    assert len(folds) == 3  # one per grid step, on the first rollout only
+    assert torch.equal(outs[0], outs[1]) and torch.equal(outs[0], outs[2])

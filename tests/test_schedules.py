@@ -375,3 +375,24 @@ def test_get_schedule():
         assert name in str(e.value)
     with pytest.raises(ValueError, match="vp_cosine"):
         get_schedule(3)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_discrete_vp_interpolation_is_the_explicit_formula(dtype):
+    """DiscreteVP's cached table differences give exactly ``lambda_i + w (lambda_{i+1} - lambda_i)`` (the same
+    subtraction per sample), at random times, the table's knots and both ends; derivatives likewise."""
+    sch = DiscreteVP.from_diffusers_config(num_train_timesteps=1000)
+    g = torch.Generator().manual_seed(3)
+    t = torch.cat([torch.rand(997, generator=g, dtype=torch.float64), torch.arange(0, 1000, 37) / 999.0,
+                   torch.tensor([0.0, 1.0, -0.5, 1.5])]).to(dtype)
+    u = t.clamp(0, 1) * 999
+    i = u.floor().clamp(0, 998)
+    tab = sch.log_snr_table.to(dtype)
+    l0, l1, w = tab[i.long()], tab[i.long() + 1], u - i
+    assert torch.equal(sch.log_snr(t), l0 + w * (l1 - l0))
+    lam = l0 + w * (l1 - l0)
+    a, s = torch.sqrt(torch.sigmoid(lam)), torch.sqrt(torch.sigmoid(-lam))
+    da, ds = sch.alpha_sigma_derivatives(t)
+    dlam = (l1 - l0) * 999
+    assert torch.equal(da, 0.5 * a * torch.sigmoid(-lam) * dlam)
+    assert torch.equal(ds, -0.5 * torch.sigmoid(lam) * s * dlam)

@@ -40,7 +40,7 @@ def _validate(z_t, net_out, coefs: dict, seed, offset, want_x0):
 
 def denoise_step(z_t: torch.Tensor, net_out: torch.Tensor, a: torch.Tensor, c: torch.Tensor, A: torch.Tensor,
                  C: torch.Tensor, gamma: torch.Tensor, seed: int | torch.Tensor, offset: int | torch.Tensor = 0, *,
-                 want_x0: bool = False,
+                 want_x0: bool = False, folded: tuple[torch.Tensor, torch.Tensor] | None = None,
                  backend: str | None = None):
     """Denoise + posterior / DDIM(eta) step with in-kernel Philox noise (method.md §e K1 / K3)::
 
@@ -67,6 +67,9 @@ def denoise_step(z_t: torch.Tensor, net_out: torch.Tensor, a: torch.Tensor, c: t
             one-element int64 tensor on z_t's device instead (a device seed for CUDA-graph capture, read by
             the kernel; bit-identical results; see :func:`~rmmd_core.ops.posterior_step`).
         want_x0: also write x̂ in the same pass (the last step of a rollout returns it).
+        folded: ``fold_denoise_coefficients(a, c, A, C)`` computed beforehand, for callers that reuse
+            constant coefficients (a rollout's grid steps); ignored by the reference backend, which folds
+            itself. Passing other values than that fold gives other results.
         backend: None (``RMMD_CORE_BACKEND``, default auto), "auto", "reference", "cpu", "triton", "cuda".
 
     Returns:
@@ -76,12 +79,17 @@ def denoise_step(z_t: torch.Tensor, net_out: torch.Tensor, a: torch.Tensor, c: t
         TypeError / ValueError: invalid arguments (the message names the argument).
         RuntimeError: an explicitly requested backend cannot run (the message says why).
     """
-    seed, offset = _validate(z_t, net_out, dict(a=a, c=c, A=A, C=C, gamma=gamma), seed, offset, want_x0)
+    coefs = dict(a=a, c=c, A=A, C=C, gamma=gamma)
+    if folded is not None:
+        if not isinstance(folded, (tuple, list)) or len(folded) != 2:
+            raise TypeError(f"folded must be a (P, Q) pair of tensors, got {type(folded).__name__}")
+        coefs.update(P=folded[0], Q=folded[1])
+    seed, offset = _validate(z_t, net_out, coefs, seed, offset, want_x0)
     name = dispatch.resolve_backend("denoise_step", z_t, net_out, a, c, A, C, gamma, backend=backend)
     if name == "reference":
         z_s, x0 = denoise_step_ref(z_t, net_out, a, c, A, C, gamma, seed, offset, want_x0)
     else:
-        P, Q = fold_denoise_coefficients(a, c, A, C)
+        P, Q = folded if folded is not None else fold_denoise_coefficients(a, c, A, C)
         keys = dispatch.device_philox_args(seed, offset, z_t.device)
         if keys is not None:
             seed, offset = keys
