@@ -73,6 +73,12 @@ def _cat_cond(a: Cond, b: Cond) -> Cond:
     return out
 
 
+def _opmath(dtype: torch.dtype) -> torch.dtype:
+    """``torch.promote_types(dtype, float32)`` for a floating ``dtype`` (z is checked to be one) without a
+    dispatched op per call: float64 stays, float32 / float16 / bfloat16 compute in float32."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
 class Denoiser(nn.Module):
     """Wrap ``net`` as an x-predictor ``x̂(z, t, cond)`` for the engine.
 
@@ -292,7 +298,7 @@ class Denoiser(nn.Module):
         out_c, out_u, w, t, alpha, sigma, view, extra = self._evaluate(z, t, cond, guidance_scale)
         out = out_c.to(z.dtype)  # autocast may hand back bf16; convert in the caller's precision
         if out_u is not None:
-            opmath = torch.promote_types(z.dtype, torch.float32)
+            opmath = _opmath(z.dtype)
             oc, ou = out.to(opmath), out_u.to(opmath)
             out = (oc + w * (oc - ou)).to(z.dtype)
 
@@ -319,7 +325,7 @@ class Denoiser(nn.Module):
             out = out.to(z.dtype)
         if self.prediction == "x0":
             return out
-        work = torch.promote_types(z.dtype, torch.float32)
+        work = _opmath(z.dtype)
 
         def coefficients():
             a, b = x0_coefficients(alpha.to(z.dtype).view(view), sigma.to(z.dtype).view(view), self.prediction,
