@@ -30,7 +30,7 @@ import torch
 from rmmd_core import ops
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_ops import _copy_gbs, _time, markdown, providers, write_json  # noqa: E402  (same timer, copy baseline and table as bench_ops.py)
+from bench_ops import _copy_gbs, _time, add_sibling_args, markdown, providers, write_json  # noqa: E402  (same timer, copy baseline and table as bench_ops.py)
 from bench_posterior_step import _environment  # noqa: E402
 
 CASES = {"grad_norm": 1, "grad_scale": 2}  # streams moved per element
@@ -125,12 +125,7 @@ def run(lists, dtypes, device: str, min_run_time: float) -> list[dict]:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--lists", nargs="+", default=None, choices=LISTS + SMOKE_LISTS)
-    parser.add_argument("--dtypes", nargs="+", default=["float32"])
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--min-run-time", type=float, default=0.3, help="seconds per CPU measurement")
-    parser.add_argument("--smoke", action="store_true", help="a tiny list, short timing (CI)")
-    parser.add_argument("--out", default=None, help="JSON path (default benchmarks/results/bench_grad_norm_<device>_<date>.json)")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing JSON file")
+    add_sibling_args(parser, "bench_grad_norm", ["float32"], "a tiny list, short timing (CI)")
     args = parser.parse_args(argv)
     lists = args.lists or (SMOKE_LISTS if args.smoke else LISTS)
     env = _environment()

@@ -335,6 +335,17 @@ def plot(rows: list[dict], path: str, title: str) -> None:
     plt.close(fig)
 
 
+def add_sibling_args(parser, stem: str, dtypes: list[str], smoke_help: str) -> None:
+    """The options bench_ops' sibling benchmarks share (bench_rewards_ema, bench_grad_norm): dtypes, device,
+    CPU timing budget, smoke mode and the JSON output that :func:`write_json` writes."""
+    parser.add_argument("--dtypes", nargs="+", default=dtypes)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--min-run-time", type=float, default=0.3, help="seconds per CPU measurement")
+    parser.add_argument("--smoke", action="store_true", help=smoke_help)
+    parser.add_argument("--out", default=None, help=f"JSON path (default benchmarks/results/{stem}_<device>_<date>.json)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing JSON file")
+
+
 def write_json(stem: str, device: str, env: dict, rows: list[dict], out: str | None, overwrite: bool) -> int:
     """Write ``{"environment", "threads", "rows"}`` to ``out`` (default
     ``benchmarks/results/<stem>_<device>_<date>.json``) unless it exists and ``overwrite`` is off; returns the

@@ -31,7 +31,7 @@ import torch
 from rmmd_core import ops
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_ops import _copy_gbs, _time, markdown, providers, write_json  # noqa: E402  (same timer, copy baseline and table as bench_ops.py)
+from bench_ops import _copy_gbs, _time, add_sibling_args, markdown, providers, write_json  # noqa: E402  (same timer, copy baseline and table as bench_ops.py)
 from bench_posterior_step import _environment  # noqa: E402
 
 DEFAULT_SIZES = [2**16, 2**20, 2**22]
@@ -114,12 +114,7 @@ def run(sizes, dtypes, device: str, min_run_time: float) -> list[dict]:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", type=int, nargs="+", default=None, help="elements per call")
-    parser.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"])
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--min-run-time", type=float, default=0.3, help="seconds per CPU measurement")
-    parser.add_argument("--smoke", action="store_true", help="tiny sizes, short timing (CI)")
-    parser.add_argument("--out", default=None, help="JSON path (default benchmarks/results/bench_rewards_ema_<device>_<date>.json)")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing JSON file")
+    add_sibling_args(parser, "bench_rewards_ema", ["float32", "bfloat16"], "tiny sizes, short timing (CI)")
     args = parser.parse_args(argv)
     sizes = args.sizes or (SMOKE_SIZES if args.smoke else DEFAULT_SIZES)
     env = _environment()

@@ -240,36 +240,34 @@ class RolloutPlan:
     grid: torch.Tensor
     ends: tuple
     coefficients: tuple
-    _times: dict = field(default_factory=dict, compare=False, repr=False)
+    _cache: dict = field(default_factory=dict, compare=False, repr=False)  # per-batch views (_per_batch)
 
     @property
     def seeds_needed(self) -> int:
         """Philox seeds the rollout draws: one per step that does not end at s = 0."""
         return sum(1 for e in self.ends if e > 0.0)
 
+    def _per_batch(self, key, make):
+        """``make()``, kept per ``key`` (a kind and a batch size) for the plan's lifetime."""
+        got = self._cache.get(key)
+        if got is None:
+            if len(self._cache) > 16:  # a few batch sizes per plan at most in practice; bounded anyway
+                self._cache.clear()
+            got = self._cache[key] = make()
+        return got
+
     def step_coefficients(self, batch: int) -> tuple:
         """``((A_j, C_j, gamma_j) for each step)`` as ``(batch,)`` float64 views of :attr:`coefficients`, made
         once per batch size (a rollout then indexes and expands nothing per step)."""
-        key = ("coefficients", batch)
-        got = self._times.get(key)
-        if got is None:
-            if len(self._times) > 8:
-                self._times.clear()
-            got = self._times[key] = tuple(tuple(c[j].expand(batch) for c in self.coefficients)
-                                           for j in range(len(self.ends)))
-        return got
+        return self._per_batch(("coefficients", batch), lambda: tuple(
+            tuple(c[j].expand(batch) for c in self.coefficients) for j in range(len(self.ends))))
 
     def step_times(self, batch: int) -> tuple:
         """``((t_j, s_j) for each step)`` as ``(batch,)`` float64 views of the grid, made once per batch size
         and pinned (:func:`rmmd_core.schedule_memo.pin`): the schedule values, network time and x̂
         coefficients of the grid times are computed on the first rollout and reused by later ones."""
-        got = self._times.get(batch)
-        if got is None:
-            if len(self._times) > 8:  # a few batch sizes per plan at most in practice; bounded anyway
-                self._times.clear()
-            got = self._times[batch] = tuple((pin(self.grid[j].expand(batch)), pin(self.grid[j + 1].expand(batch)))
-                                             for j in range(len(self.ends)))
-        return got
+        return self._per_batch(("times", batch), lambda: tuple(
+            (pin(self.grid[j].expand(batch)), pin(self.grid[j + 1].expand(batch))) for j in range(len(self.ends))))
 
 
 def rollout_plan(schedule: Schedule, grid: torch.Tensor, eta: float, steps: int, device) -> RolloutPlan:
