@@ -114,6 +114,9 @@ def _extensions():
     # No FMA contraction: the CPU kernels' hot loops are compiled per ISA (csrc/cpu/isa_clones.h), and
     # contracting a * b + c only in the AVX2 / AVX-512 clones would make results depend on the CPU.
     cxx_flags.append("-ffp-contract=off")
+    # sqrt without errno: with errno semantics GCC guards every sqrt with a libm call for negative inputs,
+    # which keeps the loop around it scalar (csrc/cpu/adam_update_cpu.cpp). Values are unchanged.
+    cxx_flags.append("-fno-math-errno")
     link_flags = []
     if torch._C.has_openmp and sys.platform.startswith("linux"):
         # With torch's OpenMP backend, at::parallel_for is a header-inline `#pragma omp parallel`: without

@@ -25,7 +25,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-__all__ = ["ForeachAdam"]
+__all__ = ["ForeachAdam", "FusedAdam"]
 
 
 def _torch_adam_step():
@@ -122,3 +122,123 @@ class ForeachAdam(torch.optim.Adam):
             torch._foreach_add_(denom, eps)
             torch._foreach_addcdiv_(params, exp_avgs, denom, [step_size] * n)
         return None
+
+
+class FusedAdam(ForeachAdam):
+    """``torch.optim.Adam`` whose update is the fused op :func:`rmmd_core.ops.adam_update`: one pass over
+    every parameter, gradient and moment (torch's foreach Adam makes eight, and on CPU each is a per-tensor
+    loop), optionally folding in the clip (``grad_scale``) and the EMA of the updated weights.
+
+    Same arguments and state dicts as ``torch.optim.Adam`` (plus ``backend``: the fused-op backend, None =
+    ``RMMD_CORE_BACKEND`` or automatic); checkpoints move freely between the two classes. The update is
+    torch's formula with the op order of its foreach implementation and IEEE rounding (correctly rounded
+    sqrt, no FMA contraction on CPU), so it differs from torch's CPU Adam by ~1 ulp where torch's vectorised
+    sqrt is not correctly rounded (~20% of float32 values), ~1e-7 relative per update.
+
+    :meth:`step` takes two keyword extensions the engine uses (``step(grad_scale=c, ema=[...],
+    ema_decay=b)``): the gradients are multiplied by ``grad_scale`` first (and keep the scaled values, as
+    ``clip_grads_with_norm_`` leaves them), and ``ema[i] <- lerp(ema[i], params[i], 1 - ema_decay)`` follows
+    the update, all in the same pass. Configurations the op does not cover (several parameter groups,
+    amsgrad, maximize, capturable, differentiable, complex or sparse or distributed tensors, parameters
+    without a gradient, unequal step counts, a closure, a tensor lr) run torch's own step, with the scale
+    applied before and the EMA after it as separate passes: the result is the same update either way.
+    """
+
+    def __init__(self, params, *, backend: str | None = None, **kwargs):
+        super().__init__(params, **kwargs)
+        self.backend = backend
+        self.last_backend: str | None = None  # backend of the last step's op; None: torch's own step ran
+        self.ema_backend: str | None = None  # backend that updated the last step's ``ema`` (None: none given)
+
+    def _fused_lists(self):
+        """``(params, grads, exp_avgs, exp_avg_sqs, steps, fresh)`` when the op applies, else None; creates
+        torch's lazy state (``fresh``: every state was created now, so the step count is 0)."""
+        if len(self.param_groups) != 1:
+            return None
+        group = self.param_groups[0]
+        if (group["amsgrad"] or group["maximize"] or group["capturable"] or group["differentiable"]
+                or group["fused"] or not isinstance(group["lr"], float)
+                or not all(isinstance(b, float) for b in group["betas"])):
+            return None
+        params = group["params"]
+        if not params:
+            return None
+        device = params[0].device
+        state = self.state
+        grads, exp_avgs, exp_avg_sqs, steps = [], [], [], []
+        fresh = True
+        for p in params:
+            g = p.grad
+            if (g is None or g.is_sparse or p.device != device or p.is_complex()
+                    or (type(p) is not torch.nn.Parameter and type(p) is not torch.Tensor)):
+                return None
+            st = state.get(p)
+            if not st:  # torch's _init_group for a non-capturable, non-fused Adam
+                st = state[p] = {"step": torch.tensor(0.0, dtype=_scalar_dtype()),
+                                 "exp_avg": torch.zeros_like(p, memory_format=torch.preserve_format),
+                                 "exp_avg_sq": torch.zeros_like(p, memory_format=torch.preserve_format)}
+            else:
+                fresh = False
+            grads.append(g)
+            exp_avgs.append(st["exp_avg"])
+            exp_avg_sqs.append(st["exp_avg_sq"])
+            steps.append(st["step"])
+        if not steps[0].is_cpu:
+            return None
+        return params, grads, exp_avgs, exp_avg_sqs, steps, fresh
+
+    def step(self, closure=None, *, grad_scale: float = 1.0, ema=None, ema_decay: float = 0.0):
+        """One Adam step (``closure``: as torch's). ``grad_scale``: multiply the gradients first (> 0);
+        ``ema`` (a list with one tensor per parameter, or None) and ``ema_decay``: update that EMA after."""
+        lists = self._fused_lists() if closure is None else None
+        if lists is not None and lists[5]:
+            self._count = (np.float64 if lists[4][0].dtype == torch.float64 else np.float32)(0.0)
+        count = self._step_count(lists[4]) if lists is not None else None
+        if count is None:
+            return self._unfused_step(closure, grad_scale, ema, ema_decay)
+        params, grads, exp_avgs, exp_avg_sqs, steps, _ = lists
+        group = self.param_groups[0]
+        beta1, beta2 = group["betas"]
+        from . import ops  # local: ops imports the extension; adam.py stays importable without it
+        with torch.no_grad():
+            torch._foreach_add_(steps, self._one, alpha=1.0)  # torch's per-parameter counters, one dispatch
+            count = count + count.dtype.type(1.0)
+            self._count = count
+            k = float(count)
+            scalars = (group["lr"] / (1 - beta1 ** k), beta1, beta2, group["eps"], (1 - beta2 ** k) ** 0.5,
+                       float(group["weight_decay"]), float(grad_scale), float(ema_decay))
+            ema = list(ema) if ema is not None else []
+            name = ops.resolve_backend("adam_update", params[0], backend=self.backend)
+            if name in ("cpu", "cuda"):  # the C++ op validates every list itself (named errors)
+                torch.ops.rmmd_core.adam_update(params, grads, exp_avgs, exp_avg_sqs, ema, *scalars)
+            else:
+                ops.adam_update(params, grads, exp_avgs, exp_avg_sqs, ema, step_size=scalars[0], beta1=beta1,
+                                beta2=beta2, eps=scalars[3], bias_correction2_sqrt=scalars[4],
+                                weight_decay=scalars[5], grad_scale=scalars[6], ema_decay=scalars[7], backend=name)
+        self.last_backend = name
+        self.ema_backend = name if ema else None
+        return None
+
+    def _unfused_step(self, closure, grad_scale, ema, ema_decay):
+        """torch's step with the scale before and the EMA after it (module docstring of the class)."""
+        self._count = None  # torch's step may advance only some counters
+        self.last_backend = self.ema_backend = None
+        if grad_scale != 1.0:
+            grads = [p.grad for g in self.param_groups for p in g["params"] if p.grad is not None]
+            with torch.no_grad():
+                torch._foreach_mul_(grads, float(grad_scale))
+        loss = _torch_adam_step()(self, closure)
+        if ema is not None:
+            from . import ops
+            ema = list(ema)
+            params = [p for g in self.param_groups for p in g["params"]]
+            if ema:
+                name = ops.resolve_backend("ema_update", ema[0], params[0], backend=self.backend)
+                ops.ema_update(ema, params, float(ema_decay), backend=name)
+                self.ema_backend = name
+        return loss
+
+
+def _scalar_dtype() -> torch.dtype:
+    """torch's dtype for Adam's step counters (float64 under a float64 default dtype, else float32)."""
+    return torch.float64 if torch.get_default_dtype() == torch.float64 else torch.float32

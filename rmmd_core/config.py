@@ -13,7 +13,7 @@ VARIANTS = ("continuous", "discrete")
 FROZEN_DTYPES = ("bfloat16",)
 REFERENCES = ("teacher", "frozen_aux")
 GAPS = ("uniform", "grid")
-ADAM_IMPLS = ("foreach", "fused")
+ADAM_IMPLS = ("rmmd", "foreach", "fused")
 
 
 @dataclass(frozen=True)
@@ -51,9 +51,11 @@ class RMMDConfig:
         grad_clip: max global grad norm for each network (None disables).
         lr, betas, eps: for the optimisers the engine creates when none are passed
             (Adam(beta1 = 0, beta2 = 0.99, eps = 1e-12), method.md "Project defaults").
-        adam: implementation of those optimisers: ``'foreach'`` (default; torch's multi-tensor Adam, the
-            same updates bit for bit as its per-tensor loop) or ``'fused'`` (torch's fused kernel, one
-            pass per step: 2-4x faster on CPU for small networks; it rounds differently, ~1e-7 relative).
+        adam: implementation of those optimisers: ``'rmmd'`` (default; :class:`~rmmd_core.adam.FusedAdam`, the
+            fused op ``rmmd_core.ops.adam_update`` on the engine's backend: clip, Adam and the student's EMA in
+            one pass over the weights; torch's update up to ~1 ulp of rounding), ``'foreach'`` (torch's
+            multi-tensor Adam, bit for bit, then separate clip and EMA passes) or ``'fused'`` (torch's fused
+            kernel; rounds differently, ~1e-7 relative).
     Speed:
         graph_rollout: run the on-policy no-grad student rollout through a cached
             :class:`~rmmd_core.rollout_graph.RolloutGraph`: captured as a CUDA graph on CUDA (launches
@@ -87,7 +89,7 @@ class RMMDConfig:
     lr: float = 1e-4
     betas: tuple = (0.0, 0.99)
     eps: float = 1e-12
-    adam: str = "foreach"
+    adam: str = "rmmd"
     frozen_dtype: str | None = None
     graph_rollout: bool = False
 

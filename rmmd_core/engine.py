@@ -20,30 +20,32 @@ import numpy as np
 import torch
 
 from . import ops
-from .adam import ForeachAdam
+from .adam import ForeachAdam, FusedAdam
 from .config import RMMDConfig
 from .denoiser import Denoiser, check_autocast
 from .module_cache import grads_of, tensors_of
 from .rewards import Reward, as_reward
 
 
-def make_optimizer(module: torch.nn.Module, config: RMMDConfig) -> torch.optim.Optimizer:
+def make_optimizer(module: torch.nn.Module, config: RMMDConfig, backend: str | None = None) -> torch.optim.Optimizer:
     """Adam(beta1 = 0, beta2 = 0.99, eps = 1e-12) by default (method.md "Project defaults").
 
-    ``config.adam = 'foreach'`` (default): the multi-tensor implementation on every device, as
-    :class:`~rmmd_core.adam.ForeachAdam` (torch's ``Adam(foreach=True)`` with a leaner step, bit-identical).
-    torch picks foreach by itself only for CUDA tensors and runs a per-tensor Python loop on CPU; the two
-    give bit-identical updates (same formula, same rounding), and foreach is 1.5-8x faster per step on CPU
-    (2-D MLP / small DiT / small UNet: 0.24 / 1.40 / 8.75 ms -> 0.22 / 0.90 / 4.53 ms, one thread,
-    2026-11-26, loaded machine). ``'fused'``: torch's fused Adam kernel (0.29 / 1.19 ms on the small DiT /
-    UNet), which rounds differently (~1e-7 relative per update), hence opt-in."""
+    ``config.adam = 'rmmd'`` (default): :class:`~rmmd_core.adam.FusedAdam` on fused-op ``backend``, one
+    pass per step (the engine folds the clip and the EMA into it), ~1 ulp from torch's rounding.
+    ``'foreach'``: :class:`~rmmd_core.adam.ForeachAdam`, torch's ``Adam(foreach=True)`` with a leaner step,
+    bit-identical to torch's per-tensor loop, 1.5-8x faster than it on CPU (2-D MLP / small DiT / small UNet:
+    0.24 / 1.40 / 8.75 ms -> 0.22 / 0.90 / 4.53 ms, one thread, 2026-11-26, loaded machine). ``'fused'``:
+    torch's fused Adam kernel (0.29 / 1.19 ms on the small DiT / UNet), which rounds differently (~1e-7
+    relative per update)."""
     params = [p for p in module.parameters() if p.requires_grad]
     if not params:
         raise ValueError(f"{type(module).__name__} has no trainable parameters to optimise")
     hyper = dict(lr=config.lr, betas=tuple(config.betas), eps=config.eps)
     if config.adam == "fused":
         return torch.optim.Adam(params, fused=True, **hyper)
-    return ForeachAdam(params, **hyper)
+    if config.adam == "foreach":
+        return ForeachAdam(params, **hyper)
+    return FusedAdam(params, backend=backend, **hyper)
 
 
 def _same_schedule(a: Denoiser, b: Denoiser) -> bool:
@@ -103,8 +105,8 @@ class RMMD:
         self.frozen_aux = frozen_auxiliary.requires_grad_(False).eval() if frozen_auxiliary is not None else None
         self.reward: Reward | None = as_reward(reward)
         self.sample_shape = tuple(sample_shape) if sample_shape is not None else None
-        self.student_optimizer = student_optimizer or make_optimizer(self.student, self.config)
-        self.aux_optimizer = aux_optimizer or make_optimizer(self.auxiliary, self.config)
+        self.student_optimizer = student_optimizer or make_optimizer(self.student, self.config, backend)
+        self.aux_optimizer = aux_optimizer or make_optimizer(self.auxiliary, self.config, backend)
         self.ema = self.student.frozen_copy() if self.config.ema_decay is not None else None
         self.device = next((p.device for p in self.student.parameters()), torch.device("cpu"))
         self.dtype = dtype
@@ -184,15 +186,41 @@ class RMMD:
     def wants_student_update(self) -> bool:
         return self.iteration % self.config.student_update_every == 0
 
+    def ema_fold(self):
+        """``(EMA parameter tensors, decay)`` when the student's EMA can ride in its optimiser's pass
+        (:class:`~rmmd_core.adam.FusedAdam`, whose one group holds exactly the student's parameters in
+        ``parameters()`` order, none of them or the EMA's distributed), else None. Cached per list identity."""
+        opt = self.student_optimizer
+        if self.ema is None or not isinstance(opt, FusedAdam) or len(opt.param_groups) != 1:
+            return None
+        ema_t, cur_t = tensors_of(self.ema), tensors_of(self.student)
+        group_params = opt.param_groups[0]["params"]
+        key = (ema_t, cur_t, id(group_params), len(group_params))
+        cached = getattr(self, "_ema_fold", None)
+        if cached is None or cached[0] != key:
+            ok = (len(group_params) == len(cur_t.params) == len(ema_t.params)
+                  and all(a is b for a, b in zip(group_params, cur_t.params))
+                  and not any(_is_dtensor(t) for t in ema_t.params + cur_t.params))
+            cached = self._ema_fold = (key, list(ema_t.params) if ok else None)
+        if cached[1] is None:
+            return None
+        return cached[1], float(self.config.ema_decay)
+
     @torch.no_grad()
-    def update_ema(self) -> str | None:
+    def update_ema(self, params_done: str | None = None) -> str | None:
         """``p_ema <- beta p_ema + (1 - beta) p`` over all student parameters (one multi-tensor op,
         :func:`rmmd_core.ops.ema_update`, method.md §e K9, on the engine's backend); buffers are copied.
 
         Returns the backend the op ran on (the step metric ``backend_ema_update``), None when there is
         no EMA or it went through DTensor's own ``_foreach_lerp_`` (differently sharded FSDP2 copies).
-        The parameter lists come from :func:`rmmd_core.module_cache.tensors_of` (cached, rebuilt when a
-        network's tensors change), so a step does not walk both module trees again."""
+        ``params_done``: the parameters' EMA already ran inside the optimiser's pass (:meth:`ema_fold`) on
+        that backend; only the buffers are copied. The parameter lists come from
+        :func:`rmmd_core.module_cache.tensors_of` (cached, rebuilt when a network's tensors change), so a
+        step does not walk both module trees again."""
+        if self.ema is not None and params_done is not None:
+            for e, c in zip(tensors_of(self.ema).buffers, tensors_of(self.student).buffers):
+                e.copy_(c)
+            return params_done
         if self.ema is None:
             return None
         beta = float(self.config.ema_decay)
@@ -288,27 +316,45 @@ class UpdateChecks:
         self.module, self.optimizer, self.grad_clip = module, optimizer, grad_clip
         self.params, self.total, self.tensors = params, total, tensors
         self.backend_norm, self.backend_scale = backend_norm, None
+        self.ema_done = False
 
-    def finish(self, values: dict) -> tuple[float, bool]:
-        """Clip and step as :func:`finish_update` would, from the read ``values``; ``(grad_norm, skipped)``."""
+    def finish(self, values: dict, ema=None) -> tuple[float, bool]:
+        """Clip and step as :func:`finish_update` would, from the read ``values``; ``(grad_norm, skipped)``.
+
+        A :class:`~rmmd_core.adam.FusedAdam` optimiser gets the clip coefficient (and ``ema``, a pair
+        ``(ema tensors, decay)`` from :meth:`RMMD.ema_fold`) folded into its one pass; ``ema_done`` then
+        says the EMA was updated (its buffers are left to :meth:`RMMD.update_ema`)."""
+        self.ema_done = False
         if not values["finite"]:  # as apply_update: a non-finite loss skips with grad_norm = nan
             self.optimizer.zero_grad(set_to_none=True)
             return float("nan"), True
         norm = values.get("norm", 0.0)
+        fused = isinstance(self.optimizer, FusedAdam)
+        coef = 1.0
         if self.params and self.grad_clip is not None and math.isfinite(norm):
             sharded = hasattr(self.total, "full_tensor")
             if sharded:
                 torch.nn.utils.clip_grads_with_norm_(self.params, self.grad_clip, self.total, None)
             else:
                 coef = clip_coefficient(self.grad_clip, norm, self.total.dtype)
-                if coef < 1.0:  # clip_grads_with_norm_'s multiply (its clamp to 1 is a no-op here), one pass
+                if coef < 1.0 and not fused:  # clip_grads_with_norm_'s multiply (its clamp is a no-op), one pass
                     self.backend_scale = self.backend_norm
                     coef_t = torch.full((), coef, dtype=self.total.dtype, device=self.total.device)
                     _fused_grad_scale([p.grad for p in self.params], coef_t, self.backend_scale)
         if not math.isfinite(norm):
             self.optimizer.zero_grad(set_to_none=True)
             return norm, True
-        self.optimizer.step()
+        if fused:
+            scale = coef if coef < 1.0 else 1.0
+            if ema is None:
+                self.optimizer.step(grad_scale=scale)
+            else:
+                self.optimizer.step(grad_scale=scale, ema=ema[0], ema_decay=ema[1])
+                self.ema_done = True
+            if scale != 1.0:
+                self.backend_scale = self.optimizer.last_backend
+        else:
+            self.optimizer.step()
         return norm, False
 
 

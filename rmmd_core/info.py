@@ -30,6 +30,7 @@ from . import ops
 from .ops import dispatch
 from .ops.denoise_reference import denoise_step_ref
 from .ops.crps_reference import crps_fair_ref, forecast_stats_ref
+from .ops.adam_reference import adam_update_ref
 from .ops.ema_reference import ema_update_ref
 from .ops.grad_norm_reference import grad_norm_ref, grad_scale_ref
 from .ops.reference import aux_loss_ref, posterior_step_ref, renoise_ref, rmmd_cotangent_ref
@@ -112,6 +113,20 @@ def _grad_scale(backend: str):
     return grads, grads_ref
 
 
+def _adam_update(backend: str):
+    # the engine's fused optimiser step: an fp32 and a bf16 parameter, clip scale, weight decay and an EMA
+    params = [_rand(257), _rand(5, 3).to(torch.bfloat16)]
+    lists = [params, [0.1 * _rand(*p.shape).to(p.dtype) for p in params],
+             [0.1 * _rand(*p.shape).to(p.dtype) for p in params], [(0.1 * _rand(*p.shape)).square().to(p.dtype)
+                                                                  for p in params], [_rand(257), _rand(5, 3)]]
+    lists_ref = [[t.clone() for t in lst] for lst in lists]
+    kw = dict(step_size=1e-2 / (1 - 0.9 ** 3), beta1=0.9, beta2=0.99, eps=1e-8, bias_correction2_sqrt=(1 - 0.99 ** 3) ** 0.5,
+              weight_decay=0.01, grad_scale=0.37, ema_decay=0.9)
+    ops.adam_update(*lists, **kw, backend=backend)
+    adam_update_ref(*lists_ref, **kw)
+    return lists, lists_ref
+
+
 def _crps_fair(backend: str):
     ens, y, w = _rand(5, 2, 3, 37), _rand(2, 3, 37), 0.5 + torch.rand(3, 1)
     return ops.crps_fair(ens, y, w, backend=backend), crps_fair_ref(ens, y, w)
@@ -131,6 +146,7 @@ SELF_TESTS: dict[str, Callable[[str], tuple]] = {
     "rmmd_cotangent": _rmmd_cotangent, "aux_loss": _aux_loss, "grayscale_reward": _grayscale_reward,
     "laplacian_reward": _laplacian_reward, "ema_update": _ema_update, "crps_fair": _crps_fair,
     "forecast_stats": _forecast_stats, "grad_norm": _grad_norm, "grad_scale": _grad_scale,
+    "adam_update": _adam_update,
 }
 """op -> ``backend -> (outputs, reference outputs)``; ops added elsewhere register here to be self-tested."""
 

@@ -516,6 +516,7 @@ def step(engine: RMMD, data: torch.Tensor | None = None, cond: Cond = None, *, b
     # activations never coexist with the auxiliary's. The two losses share no parameters and every
     # cross term is detached, so the order changes no value.
     grad_norm, skipped_s = float("nan"), False
+    ema_done_on = None  # backend of the student's EMA when it ran inside its optimiser's step (engine.ema_fold)
     from .distributed import is_distributed  # local import: keeps torch.distributed out of the package import
     if is_distributed() or torch.is_anomaly_enabled():
         # ranks must agree on skipping before a wrapped module's backward (gradient all-reduce), and anomaly
@@ -544,14 +545,21 @@ def step(engine: RMMD, data: torch.Tensor | None = None, cond: Cond = None, *, b
             return {**{n: values[f"{k}/{n}"] for n in checks[k].tensors}, "finite": math.isfinite(loss_value[k])}
         grad_norm_aux, skipped_a = checks["aux"].finish(read("aux"))
         if out.student_loss is not None:
-            grad_norm, skipped_s = checks["student"].finish(read("student"))
+            # with the engine's FusedAdam, the clip and the EMA ride in the optimiser's one pass
+            grad_norm, skipped_s = checks["student"].finish(read("student"), engine.ema_fold())
         for c in checks.values():  # the gradient norm / clip ops (engine.backward_checks)
             add_backend_metric(m, "grad_norm", c.backend_norm)
             add_backend_metric(m, "grad_scale", c.backend_scale)
+        if out.student_loss is not None and checks["student"].ema_done:
+            ema_done_on = engine.student_optimizer.ema_backend
+    for opt, ran in ((engine.aux_optimizer, not skipped_a),
+                     (engine.student_optimizer, out.student_loss is not None and not skipped_s)):
+        if ran:  # the optimisers' fused op (rmmd_core.adam.FusedAdam; None: torch's step ran)
+            add_backend_metric(m, "adam_update", getattr(opt, "last_backend", None))
     if out.student_loss is not None:
         if not skipped_s:
             engine.student_updates += 1
-            add_backend_metric(m, "ema_update", engine.update_ema())
+            add_backend_metric(m, "ema_update", engine.update_ema(params_done=ema_done_on))
     engine.iteration += 1
     engine.skipped_updates += int(skipped_s or skipped_a)
     m.update(grad_norm=grad_norm, grad_norm_aux=grad_norm_aux, skipped=float(skipped_s or skipped_a),

@@ -174,12 +174,13 @@ def _train_side_by_side(*pairs, seed: int, steps: int = 5) -> None:
             opt.step()
 
 
-def test_default_optimiser_is_multi_tensor_and_bit_identical_to_the_loop():
-    """make_optimizer asks for foreach Adam on every device; on CPU it matches the per-tensor loop bit for bit."""
+def test_foreach_optimiser_is_multi_tensor_and_bit_identical_to_the_loop():
+    """RMMDConfig(adam='foreach') asks for foreach Adam on every device; on CPU it matches the per-tensor loop
+    bit for bit."""
     from rmmd_core.engine import make_optimizer
 
     net_a, net_b = _net(), _net()
-    cfg = RMMDConfig()
+    cfg = RMMDConfig(adam="foreach")
     opt_a = make_optimizer(net_a, cfg)
     assert opt_a.defaults["foreach"] is True
     opt_b = torch.optim.Adam(net_b.parameters(), lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, foreach=False)
@@ -195,10 +196,26 @@ def test_fused_adam_opt_in_matches_foreach_closely():
 
     net_a, net_b = _net(), _net()
     opt_a = make_optimizer(net_a, RMMDConfig(adam="fused"))
-    opt_b = make_optimizer(net_b, RMMDConfig())
+    opt_b = make_optimizer(net_b, RMMDConfig(adam="foreach"))
     assert opt_a.defaults["fused"] is True and not opt_a.defaults["foreach"]
     _train_side_by_side((net_a, opt_a), (net_b, opt_b), seed=3)
     for a, b in zip(net_a.parameters(), net_b.parameters()):
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
     with pytest.raises(ValueError, match="adam must be one of"):
         RMMDConfig(adam="sgd")
+
+
+def test_default_optimiser_is_the_fused_op_on_the_given_backend():
+    """RMMDConfig() builds rmmd_core.adam.FusedAdam on the backend passed (the engine's): torch's updates up
+    to its sqrt rounding."""
+    from rmmd_core.adam import FusedAdam
+    from rmmd_core.engine import make_optimizer
+
+    net_a, net_b = _net(), _net()
+    opt_a = make_optimizer(net_a, RMMDConfig(), backend="reference")
+    opt_b = make_optimizer(net_b, RMMDConfig(adam="foreach"))
+    assert type(opt_a) is FusedAdam and opt_a.backend == "reference"
+    _train_side_by_side((net_a, opt_a), (net_b, opt_b), seed=4)
+    assert opt_a.last_backend == "reference"
+    for a, b in zip(net_a.parameters(), net_b.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)

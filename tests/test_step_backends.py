@@ -123,8 +123,9 @@ def test_reward_kwargs_may_be_named_like_the_engine_arguments():
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_gradient_norm_and_clip_run_on_the_engine_backend(monkeypatch, backend):
-    """Single-process step: the gradient norm is the grad_norm op and the clip the grad_scale op (only when
-    the coefficient is below 1), both on the engine's backend; the norm is torch's get_total_norm up to the
+    """Single-process step: the gradient norm is the grad_norm op and the clip (only when the coefficient is
+    below 1) rides in the FusedAdam pass, both on the engine's backend (with another optimiser the clip is
+    the grad_scale op); the norm is torch's get_total_norm up to the
     float64 accumulation (~1e-7 relative)."""
     monkeypatch.delenv(ops.dispatch.BACKEND_ENV, raising=False)
     from rmmd_core import engine as engine_mod
@@ -155,8 +156,16 @@ def test_gradient_norm_and_clip_run_on_the_engine_backend(monkeypatch, backend):
         for _, ours, theirs in norms:
             torch.testing.assert_close(ours, theirs, rtol=4e-6, atol=0)
         assert m["grad_norm"] == float(norms[1][1])  # the student's norm is reported as computed
+        # the engine's FusedAdam folds the clip into its one pass: no separate grad_scale op runs
+        assert scales == [] and m["backend_adam_update"] == backend
         if clipped:  # modules whose clip coefficient is below 1 (the auxiliary's first gradient may be ~0)
             over = [n for _, n, _ in norms if float(clip / (n + 1e-6)) < 1.0]
-            assert over and m["backend_grad_scale"] == backend and scales == [backend] * len(over)
+            assert over and m["backend_grad_scale"] == backend
         else:
-            assert "backend_grad_scale" not in m and scales == []
+            assert "backend_grad_scale" not in m
+        if backend == "reference":  # the separate pass still serves optimisers that cannot fold it
+            norms.clear(), scales.clear()
+            eng = RMMD(teacher, config=cfg.replace(adam="foreach"), sample_shape=(2,), seed=0, backend=backend)
+            m = step(eng, batch_size=4)
+            over = [n for _, n, _ in norms if clip is not None and float(clip / (n + 1e-6)) < 1.0]
+            assert "backend_adam_update" not in m and scales == [backend] * len(over)

@@ -30,16 +30,17 @@ profile_step = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(profile_step)
 
 # ATen ops per step of the stand-in (counted with TorchDispatchMode on the step after the warm-up; backward,
-# optimiser and EMA included). Measured 2026-11-26, fifth session (loss finite checks and clip coefficients
-# from the one host read, one stack for it, ForeachAdam's step, DiscreteVP's cached table differences, a
-# rollout plan's per-step coefficients and fold made once): default 162, off-policy 159, discrete 166,
-# rmmd 190 (ForeachAdam's one-time read of its step counters included: this is the second step). Fourth session (iteration memo shared by alpha_sigma /
-# log_snr, per-time Denoiser coefficients, pinned rollout times, fused grad_norm / grad_scale_): default
-# 228, off-policy 210, discrete (K = 4, this seed's i*) 213, rmmd (grayscale reward + anchor) 258, and
-# 306 for the default with K = 6. The third session's code: 318 / 266 / 271 / 360 (548 with K = 6); the
-# package before the issue-7 work (cbd4f06): 438 / 318 / - / 502 ops and 12 / 10 / 15 / 12 host reads
-# (17 with K = 6). The bounds leave ~10% headroom: a regression guard, not a target.
-OP_BOUNDS = {"default": 180, "off-policy": 175, "discrete": 183, "rmmd": 210}
+# optimiser and EMA included). Measured 2026-11-26, sixth session (FusedAdam: clip, Adam and EMA in one
+# rmmd_core::adam_update per optimiser): default 142, off-policy 139, discrete 140, rmmd 167. Fifth session
+# (loss finite checks and clip coefficients from the one host read, one stack for it, ForeachAdam's step,
+# DiscreteVP's cached table differences, a rollout plan's per-step coefficients and fold made once): 162 /
+# 159 / 166 / 190. Fourth session (iteration memo shared by alpha_sigma / log_snr, per-time Denoiser
+# coefficients, pinned rollout times, fused grad_norm / grad_scale_): default 228, off-policy 210, discrete
+# (K = 4, this seed's i*) 213, rmmd (grayscale reward + anchor) 258, and 306 for the default with K = 6. The
+# third session's code: 318 / 266 / 271 / 360 (548 with K = 6); the package before the issue-7 work
+# (cbd4f06): 438 / 318 / - / 502 ops and 12 / 10 / 15 / 12 host reads (17 with K = 6). The bounds leave ~10%
+# headroom: a regression guard, not a target.
+OP_BOUNDS = {"default": 157, "off-policy": 153, "discrete": 155, "rmmd": 185}
 SYNC_BOUNDS = {"default": 2, "off-policy": 2, "discrete": 3, "rmmd": 2}
 
 

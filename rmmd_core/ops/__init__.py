@@ -41,6 +41,7 @@ from . import ema as _ema_module  # noqa: E402,F401  (K9 fake registrations)
 from . import denoise_step as _denoise_step_module  # noqa: E402,F401  (K1/K3 fake + autograd registrations)
 from . import crps as _crps_module  # noqa: E402,F401  (K4c / K10 fake + autograd registrations)
 from . import grad_norm as _grad_norm_module  # noqa: E402,F401  (grad_norm / grad_scale_ fake registrations)
+from . import adam_update as _adam_update_module  # noqa: E402,F401  (adam_update fake registrations)
 from .dispatch import (  # noqa: E402
     BACKENDS,
     available_backends,
@@ -64,6 +65,8 @@ from .crps import crps_fair, forecast_stats  # noqa: E402
 from .crps_reference import ForecastStats, crps_fair_ref, forecast_stats_ref  # noqa: E402
 from .grad_norm import grad_norm, grad_scale_  # noqa: E402
 from .grad_norm_reference import grad_norm_ref, grad_scale_ref  # noqa: E402
+from .adam_update import adam_update  # noqa: E402
+from .adam_reference import adam_update_ref  # noqa: E402
 
 dispatch.refresh(_C_IMPORT_ERROR, _TRITON_IMPORT_ERROR, _TRITON_INTERPRETER)
 
@@ -75,5 +78,5 @@ __all__ = [
     "grayscale_reward", "grayscale_reward_ref", "laplacian_reward", "laplacian_reward_ref", "ema_update",
     "ema_update_ref",
     "ForecastStats", "crps_fair", "crps_fair_ref", "forecast_stats", "forecast_stats_ref",
-    "grad_norm", "grad_norm_ref", "grad_scale_", "grad_scale_ref",
+    "grad_norm", "grad_norm_ref", "grad_scale_", "grad_scale_ref", "adam_update", "adam_update_ref",
 ]

@@ -38,7 +38,8 @@ BACKEND_ENV = "RMMD_CORE_BACKEND"
 BACKENDS = ("reference", "cpu", "triton", "cuda")
 _AUTO_ORDER = ("cuda", "triton", "cpu", "reference")
 _OPS = ("posterior_step", "renoise", "rmmd_cotangent", "aux_loss", "denoise_step", "grayscale_reward",
-        "laplacian_reward", "ema_update", "crps_fair", "forecast_stats", "grad_norm", "grad_scale")
+        "laplacian_reward", "ema_update", "crps_fair", "forecast_stats", "grad_norm", "grad_scale",
+        "adam_update")
 _DATA_DTYPES = _checks.DATA_DTYPES  # kept: older code imports it from here
 _INSTALL_HINT = "rebuild it with `pip install --no-build-isolation -e .` from the repository root"
 

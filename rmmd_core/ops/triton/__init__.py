@@ -21,6 +21,7 @@ from . import ema  # noqa: F401  (registers rmmd_core::ema_update_triton)
 from . import denoise_step  # noqa: F401  (registers rmmd_core::denoise_step_triton)
 from . import crps  # noqa: F401  (registers rmmd_core::crps_fair_triton, forecast_stats_triton)
 from . import grad_norm  # noqa: F401  (registers rmmd_core::grad_norm_triton, grad_scale_triton)
+from . import adam_update  # noqa: F401  (registers rmmd_core::adam_update_triton)
 
 __all__ = ["interpreter_mode"]
 
