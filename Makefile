@@ -26,12 +26,13 @@ test: setup
 	$(PY) -m pytest -q -p no:cacheprovider tests
 
 # every fused op (JSON + PNG under benchmarks/results/), then the CRPS ops, the reward / EMA ops and the
-# gradient norm / clip ops
+# gradient norm / clip ops and the fused optimiser update
 bench: setup
 	$(PY) benchmarks/bench_ops.py
 	$(PY) benchmarks/bench_crps.py
 	$(PY) benchmarks/bench_rewards_ema.py
 	$(PY) benchmarks/bench_grad_norm.py
+	$(PY) benchmarks/bench_adam.py
 
 bench-memory: setup
 	$(PY) benchmarks/bench_memory.py

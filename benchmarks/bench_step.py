@@ -8,14 +8,16 @@ medians:
 * ``ours``: ``rmmd_core.step()`` in the phase-1 on-policy mode (continuous variant, K student steps,
   teacher reference, Adam updates of student and auxiliary, EMA), once per fused-op backend
   (``reference`` = pure PyTorch, plus the fused backend of the device: ``cpu`` C++ / ``cuda`` / ``triton``);
-  for the diffusers models also ``ours, fused Adam`` (``RMMDConfig(adam="fused")``, compared with the
-  default floor: what the opt-in saves per iteration); for the UNets ``ours, ckpt student`` (memory);
+  for the diffusers models also ``ours, foreach Adam`` (``RMMDConfig(adam="foreach")``: torch's Adam bit for
+  bit, with separate clip and EMA passes, i.e. what the default fused optimiser pass saves) and ``ours,
+  fused Adam`` (``RMMDConfig(adam="fused")``, torch's fused kernel), both compared with the default floor; for the UNets ``ours, ckpt student`` (memory);
   on CUDA ``ours, graph rollout`` (``RMMDConfig(graph_rollout=True)``: the rollout as a CUDA graph);
 * ``floor``: the SAME network calls (recorded with forward pre-hooks during a real step: same modules,
   inputs, grad modes) replayed with a trivial loss (mean of each recorded output), one backward per
   trained network and the same optimiser steps, taken by what a plain PyTorch trainer runs: its own
   ``torch.optim.Adam(foreach=True)`` with the engine's hyperparameters (the engine's default
-  ``rmmd_core.adam.ForeachAdam`` makes bit-identical updates with less Python per step; the JSON keeps
+  ``rmmd_core.adam.FusedAdam`` makes the same updates, up to torch's sqrt rounding, in one
+  ``rmmd_core::adam_update`` pass that also carries the clip and the student's EMA; the JSON keeps
   ``overhead_vs_floor_same_optimizer``, the ratio when the floor steps the engine's own optimisers).
   No schedule math, no cotangent, no EMA, no clipping;
 * ``floor+clip+EMA``: the floor plus what a plain PyTorch trainer of the same networks does around its
@@ -281,7 +283,7 @@ class Row:
 
 
 def ours_rows(spec: Spec, device, backends, num_steps=None, with_floor=True, checkpoint=False,
-              adam: str = "foreach", graph_rollout: bool = False) -> list:
+              adam: str = "rmmd", graph_rollout: bool = False) -> list:
     """Rows of ``rmmd_core.step()`` per backend (+ the floor of the first). ``checkpoint``: the student's
     network activation-checkpointed as a whole (its graph is recomputed in backward: one more forward,
     which the hooks do not see since checkpoint re-runs ``forward`` directly). ``adam``: the engine's
@@ -313,7 +315,7 @@ def ours_rows(spec: Spec, device, backends, num_steps=None, with_floor=True, che
         else:
             assert sum(log.fwd.values()) == m["calls_total"] and sum(log.grad.values()) == m["calls_grad"], (log.fwd,
                                                                                                               m)
-            impl = "ours, ckpt student" if checkpoint else "ours" if adam == "foreach" else f"ours, {adam} Adam"
+            impl = "ours, ckpt student" if checkpoint else "ours" if adam == "rmmd" else f"ours, {adam} Adam"
             row = Row(spec.name, impl, b, K, fn, sum(log.fwd.values()), sum(log.grad.values()), calls=list(log.shapes))
         rows.append(row)
         if with_floor and b == backends[0]:
@@ -532,7 +534,9 @@ def build_rows(names, specs, device, backends, peer: bool, k_sweep) -> list:
         rows += ours_rows(spec, device, backends)
         if spec.name.startswith("unet"):  # the memory knob: recompute the student's graph in backward
             rows += ours_rows(spec, device, backends[:1], with_floor=False, checkpoint=True)
-        if spec.kind == "diffusers":  # the speed knob: torch's fused Adam (RMMDConfig(adam="fused"))
+        if spec.kind == "diffusers":  # the optimiser choices: torch's foreach Adam (bit-identical to torch's
+            # loop; separate clip and EMA passes) and torch's fused Adam (RMMDConfig(adam="fused"))
+            rows += ours_rows(spec, device, backends[:1], with_floor=False, adam="foreach")
             rows += ours_rows(spec, device, backends[:1], with_floor=False, adam="fused")
         if device.type == "cuda":  # the rollout as a replayed CUDA graph (eager elsewhere: nothing to time)
             graph = ours_rows(spec, device, backends[:1], with_floor=False, graph_rollout=True)

@@ -209,12 +209,9 @@ class FusedAdam(ForeachAdam):
                        float(group["weight_decay"]), float(grad_scale), float(ema_decay))
             ema = list(ema) if ema is not None else []
             name = ops.resolve_backend("adam_update", params[0], backend=self.backend)
-            if name in ("cpu", "cuda"):  # the C++ op validates every list itself (named errors)
-                torch.ops.rmmd_core.adam_update(params, grads, exp_avgs, exp_avg_sqs, ema, *scalars)
-            else:
-                ops.adam_update(params, grads, exp_avgs, exp_avg_sqs, ema, step_size=scalars[0], beta1=beta1,
-                                beta2=beta2, eps=scalars[3], bias_correction2_sqrt=scalars[4],
-                                weight_decay=scalars[5], grad_scale=scalars[6], ema_decay=scalars[7], backend=name)
+            ops.adam_update(params, grads, exp_avgs, exp_avg_sqs, ema, step_size=scalars[0], beta1=beta1,
+                            beta2=beta2, eps=scalars[3], bias_correction2_sqrt=scalars[4], weight_decay=scalars[5],
+                            grad_scale=scalars[6], ema_decay=scalars[7], backend=name)
         self.last_backend = name
         self.ema_backend = name if ema else None
         return None

@@ -119,18 +119,30 @@ def adam_update(params: Sequence[torch.Tensor], grads: Sequence[torch.Tensor], e
         TypeError / ValueError naming the argument (``params[i]``, ``exp_avgs[i]``, ``beta2``, ...);
         RuntimeError when an explicit backend cannot run.
     """
-    params, grads, exp_avgs, exp_avg_sqs, ema = _validate(params, grads, exp_avgs, exp_avg_sqs, ema)
+    lists = [_as_list(v, n) for v, n in ((params, "params"), (grads, "grads"), (exp_avgs, "exp_avgs"),
+                                          (exp_avg_sqs, "exp_avg_sqs"), (ema, "ema"))]
     scalars = check_adam_scalars(step_size, beta1, beta2, eps, bias_correction2_sqrt, weight_decay, grad_scale,
                                  ema_decay)
-    if not params:
+    if not lists[0] or not isinstance(lists[0][0], torch.Tensor):
+        _validate(*lists)  # raises on anything but empty, matching lists
+        if not lists[0]:
+            return
+    name = dispatch.resolve_backend("adam_update", lists[0][0], backend=backend)
+    if name in ("cpu", "cuda"):
+        # The C++ op checks every tensor before touching any (~0.05 us a tensor, against ~4 us for the Python
+        # checks: a 100-tensor model's update would cost twice its kernel). When it refuses, the Python
+        # validator re-checks to raise the documented TypeError / ValueError naming the argument.
+        try:
+            torch.ops.rmmd_core.adam_update(*lists, *scalars)
+        except (RuntimeError, TypeError):
+            _validate(*lists)
+            raise
         return
-    name = dispatch.resolve_backend("adam_update", params[0], backend=backend)
+    _validate(*lists)
     if name == "reference":
-        adam_update_ref(params, grads, exp_avgs, exp_avg_sqs, ema, *scalars)
-    elif name == "triton":
-        torch.ops.rmmd_core.adam_update_triton(params, grads, exp_avgs, exp_avg_sqs, ema, *scalars)
+        adam_update_ref(*lists, *scalars)
     else:
-        torch.ops.rmmd_core.adam_update(params, grads, exp_avgs, exp_avg_sqs, ema, *scalars)
+        torch.ops.rmmd_core.adam_update_triton(*lists, *scalars)
 
 
 def _fake(params, grads, exp_avgs, exp_avg_sqs, ema, step_size, beta1, beta2, eps, bias_correction2_sqrt,
