@@ -35,6 +35,18 @@ def _torch_adam_step():
     return f.__wrapped__ if getattr(f, "hooked", False) else f
 
 
+def _plain_group(opt: torch.optim.Optimizer) -> dict | None:
+    """The optimiser's parameter group when there is exactly one and it asks for plain Adam (no amsgrad,
+    maximize, capturable, differentiable or fused flag; float lr and betas), else None."""
+    if len(opt.param_groups) != 1:
+        return None
+    group = opt.param_groups[0]
+    if (group["amsgrad"] or group["maximize"] or group["capturable"] or group["differentiable"] or group["fused"]
+            or not isinstance(group["lr"], float) or not all(isinstance(b, float) for b in group["betas"])):
+        return None
+    return group
+
+
 class ForeachAdam(torch.optim.Adam):
     """``torch.optim.Adam(params, foreach=True, ...)`` with a faster, bit-identical :meth:`step` (module
     docstring). Same arguments as ``torch.optim.Adam`` except ``foreach`` / ``fused``."""
@@ -55,12 +67,8 @@ class ForeachAdam(torch.optim.Adam):
 
     def _fast_lists(self):
         """``(params, grads, exp_avgs, exp_avg_sqs, steps)`` when the fast path applies, else None."""
-        if len(self.param_groups) != 1:
-            return None
-        group = self.param_groups[0]
-        if (group["amsgrad"] or group["maximize"] or group["capturable"] or group["differentiable"]
-                or group["fused"] or not group["foreach"] or group["weight_decay"] != 0
-                or not isinstance(group["lr"], float) or not all(isinstance(b, float) for b in group["betas"])):
+        group = _plain_group(self)
+        if group is None or not group["foreach"] or group["weight_decay"] != 0:
             return None
         params = group["params"]
         if not params:
@@ -153,12 +161,8 @@ class FusedAdam(ForeachAdam):
     def _fused_lists(self):
         """``(params, grads, exp_avgs, exp_avg_sqs, steps, fresh)`` when the op applies, else None; creates
         torch's lazy state (``fresh``: every state was created now, so the step count is 0)."""
-        if len(self.param_groups) != 1:
-            return None
-        group = self.param_groups[0]
-        if (group["amsgrad"] or group["maximize"] or group["capturable"] or group["differentiable"]
-                or group["fused"] or not isinstance(group["lr"], float)
-                or not all(isinstance(b, float) for b in group["betas"])):
+        group = _plain_group(self)
+        if group is None:
             return None
         params = group["params"]
         if not params:

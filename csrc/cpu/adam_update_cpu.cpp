@@ -10,8 +10,8 @@
 //
 // lerp is torch's two-sided form (e + w (x - e) if |w| < 0.5, else x - (x - e)(1 - w)). setup.py builds
 // with -ffp-contract=off, so each operation rounds as written and fp32 / fp64 results equal the reference
-// bit for bit. As in ema_cpu.cpp, all tensors are cut into chunks of at most kChunk elements and one
-// parallel_for runs over the whole chunk table; each chunk dispatches on its own (param, EMA) dtype pair.
+// bit for bit. One parallel_for runs over the chunk table of all tensors (tensor_chunks.h); each chunk
+// dispatches on its own (param, EMA) dtype pair.
 #include "adam_update_cpu.h"
 
 #include <ATen/Dispatch.h>
@@ -26,14 +26,10 @@
 
 #include "isa_clones.h"
 #include "opmath_io.h"
-#include "sample_chunks.h"  // kChunk
+#include "tensor_chunks.h"
 
 namespace rmmd {
 namespace {
-
-struct Chunk {
-  int64_t tensor, begin, end;
-};
 
 // The scalars in math type T, rounded once; which side of each lerp is taken.
 template <typename T>
@@ -112,24 +108,20 @@ void adam_update_cpu_kernel(at::TensorList params, at::TensorList grads, at::Ten
   // Flat indexing: strided tensors are updated in contiguous temporaries and copied back below (grads only
   // when they were scaled).
   std::vector<std::array<at::Tensor, 5>> work(n);
-  std::vector<Chunk> chunks;
   for (int64_t i = 0; i < n; ++i) {
     work[i][0] = params[i].contiguous();
     work[i][1] = grads[i].contiguous();
     work[i][2] = exp_avgs[i].contiguous();
     work[i][3] = exp_avg_sqs[i].contiguous();
     if (has_ema) work[i][4] = ema[i].contiguous();
-    const int64_t numel = params[i].numel();
-    for (int64_t b = 0; b < numel; b += kChunk) chunks.push_back({i, b, std::min(numel, b + kChunk)});
   }
-  // Small tensors make small chunks: group them so each thread gets >= ~kChunk elements on average.
-  int64_t total = 0;
-  for (const Chunk& ch : chunks) total += ch.end - ch.begin;
+  int64_t grain = 1;
+  const std::vector<TensorChunk> chunks =
+      tensor_chunks(n, [&](int64_t i) { return work[i][0].numel(); }, kChunk, &grain);
   const int64_t n_chunks = static_cast<int64_t>(chunks.size());
-  const int64_t grain = total > 0 ? std::max<int64_t>(1, kChunk * n_chunks / total) : 1;
   at::parallel_for(0, n_chunks, grain, [&](int64_t c0, int64_t c1) {
     for (int64_t c = c0; c < c1; ++c) {
-      const Chunk& ch = chunks[c];
+      const TensorChunk& ch = chunks[c];
       const at::Tensor* t = work[ch.tensor].data();
       AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, t[0].scalar_type(), "rmmd_core::adam_update_cpu", [&] {
         using param_t = scalar_t;

@@ -19,14 +19,10 @@
 
 #include "isa_clones.h"
 #include "opmath_io.h"
-#include "sample_chunks.h"  // kChunk
+#include "tensor_chunks.h"
 
 namespace rmmd {
 namespace {
-
-struct Chunk {
-  int64_t tensor, begin, end;
-};
 
 template <typename ema_t, typename param_t>
 RMMD_ISA_CLONES void ema_chunk(ema_t* __restrict__ e, const param_t* __restrict__ p, int64_t begin, int64_t end, double beta) {
@@ -56,22 +52,17 @@ void ema_update_cpu_kernel(at::TensorList ema, at::TensorList params, double bet
   // Flat indexing: strided params are read through one contiguous copy; a strided EMA is updated in a
   // contiguous temporary and copied back below.
   std::vector<at::Tensor> e_work(n), p_work(n);
-  std::vector<Chunk> chunks;
   for (int64_t i = 0; i < n; ++i) {
     e_work[i] = ema[i].contiguous();
     p_work[i] = params[i].contiguous();
-    const int64_t numel = ema[i].numel();
-    for (int64_t b = 0; b < numel; b += kChunk) chunks.push_back({i, b, std::min(numel, b + kChunk)});
   }
-  // Many small tensors make many small chunks: group them so each thread gets >= ~kChunk elements on
-  // average (a small model's EMA then runs inline instead of waking the thread pool).
-  int64_t total = 0;
-  for (const Chunk& ch : chunks) total += ch.end - ch.begin;
+  int64_t grain = 1;
+  const std::vector<TensorChunk> chunks =
+      tensor_chunks(n, [&](int64_t i) { return e_work[i].numel(); }, kChunk, &grain);
   const int64_t n_chunks = static_cast<int64_t>(chunks.size());
-  const int64_t grain = total > 0 ? std::max<int64_t>(1, kChunk * n_chunks / total) : 1;
   at::parallel_for(0, n_chunks, grain, [&](int64_t c0, int64_t c1) {
     for (int64_t c = c0; c < c1; ++c) {
-      const Chunk& ch = chunks[c];
+      const TensorChunk& ch = chunks[c];
       const at::Tensor& e = e_work[ch.tensor];
       const at::Tensor& p = p_work[ch.tensor];
       AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, e.scalar_type(), "rmmd_core::ema_update_cpu", [&] {

@@ -21,14 +21,10 @@
 
 #include "isa_clones.h"
 #include "opmath_io.h"
-#include "sample_chunks.h"  // kChunk
+#include "tensor_chunks.h"
 
 namespace rmmd {
 namespace {
-
-struct Chunk {
-  int64_t tensor, begin, end;
-};
 
 // 8 doubles: one AVX-512 register, two AVX2 ones; the order of the additions is the same on every ISA.
 constexpr int64_t kLanes = 8;
@@ -69,17 +65,9 @@ RMMD_ISA_CLONES void scale_chunk(scalar_t* __restrict__ p, int64_t begin, int64_
 constexpr int64_t kTaskElements = 8 * kChunk;
 
 // The chunk table of `work` and a parallel_for grain giving each task >= ~kTaskElements elements on average.
-std::vector<Chunk> chunk_table(const std::vector<at::Tensor>& work, int64_t* grain) {
-  std::vector<Chunk> chunks;
-  int64_t total = 0;
-  for (int64_t i = 0; i < static_cast<int64_t>(work.size()); ++i) {
-    const int64_t numel = work[i].numel();
-    total += numel;
-    for (int64_t b = 0; b < numel; b += kChunk) chunks.push_back({i, b, std::min(numel, b + kChunk)});
-  }
-  const int64_t n_chunks = static_cast<int64_t>(chunks.size());
-  *grain = total > 0 ? std::max<int64_t>(1, (kTaskElements * n_chunks + total - 1) / total) : 1;
-  return chunks;
+std::vector<TensorChunk> chunk_table(const std::vector<at::Tensor>& work, int64_t* grain) {
+  return tensor_chunks(static_cast<int64_t>(work.size()), [&](int64_t i) { return work[i].numel(); }, kTaskElements,
+                       grain);
 }
 
 }  // namespace
@@ -92,11 +80,11 @@ at::Tensor grad_norm_cpu_kernel(at::TensorList tensors) {
     any_double |= tensors[i].scalar_type() == at::kDouble;
   }
   int64_t grain = 1;
-  const std::vector<Chunk> chunks = chunk_table(work, &grain);
+  const std::vector<TensorChunk> chunks = chunk_table(work, &grain);
   std::vector<double> partial(chunks.size(), 0.0);
   at::parallel_for(0, static_cast<int64_t>(chunks.size()), grain, [&](int64_t c0, int64_t c1) {
     for (int64_t c = c0; c < c1; ++c) {
-      const Chunk& ch = chunks[c];
+      const TensorChunk& ch = chunks[c];
       const at::Tensor& t = work[ch.tensor];
       AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, t.scalar_type(), "rmmd_core::grad_norm_cpu", [&] {
         partial[c] = sumsq_chunk<scalar_t>(t.const_data_ptr<scalar_t>(), ch.begin, ch.end);
@@ -120,10 +108,10 @@ void grad_scale_cpu_kernel(at::TensorList tensors, double coef) {
   // a strided tensor is scaled in a contiguous temporary and copied back below
   for (size_t i = 0; i < tensors.size(); ++i) work[i] = tensors[i].contiguous();
   int64_t grain = 1;
-  const std::vector<Chunk> chunks = chunk_table(work, &grain);
+  const std::vector<TensorChunk> chunks = chunk_table(work, &grain);
   at::parallel_for(0, static_cast<int64_t>(chunks.size()), grain, [&](int64_t c0, int64_t c1) {
     for (int64_t c = c0; c < c1; ++c) {
-      const Chunk& ch = chunks[c];
+      const TensorChunk& ch = chunks[c];
       const at::Tensor& t = work[ch.tensor];
       AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, t.scalar_type(), "rmmd_core::grad_scale_cpu", [&] {
         scale_chunk<scalar_t>(t.mutable_data_ptr<scalar_t>(), ch.begin, ch.end, coef);

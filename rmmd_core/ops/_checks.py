@@ -16,11 +16,12 @@ from __future__ import annotations
 
 import math
 import operator
+from collections.abc import Sequence
 
 import torch
 
 __all__ = ["DATA_DTYPES", "data", "fake_data", "fake_like", "fake_non_negative", "fake_per_sample",
-           "fake_philox", "finite_float", "integer", "like", "per_sample", "philox_key", "tensor"]
+           "fake_philox", "finite_float", "integer", "like", "per_sample", "philox_key", "tensor", "tensor_list"]
 
 DATA_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 _DTYPE_NAMES = "float32, float64, float16 or bfloat16"
@@ -113,6 +114,13 @@ def philox_key(value, name: str, ref: torch.Tensor, ref_name: str) -> int | torc
             if found < 0:
                 raise ValueError(f"{name} must be non-negative, got {found}")
     return value
+
+
+def tensor_list(value, name: str) -> list:
+    """``value`` (a list or tuple, its items checked by the caller) as a list, else TypeError naming ``name``."""
+    if isinstance(value, torch.Tensor) or not isinstance(value, Sequence):
+        raise TypeError(f"{name} must be a list or tuple of torch.Tensor, got {type(value).__name__}")
+    return list(value)
 
 
 def finite_float(value, name: str) -> float:

@@ -11,7 +11,7 @@ import torch
 
 from . import _checks
 
-__all__ = ["op_defined", "register_op", "registered_ops"]
+__all__ = ["op_defined", "register_fakes", "register_op", "registered_ops"]
 
 _POSTERIOR_STEP = "rmmd_core::posterior_step"
 _POSTERIOR_STEP_TRITON = "rmmd_core::posterior_step_triton"
@@ -62,6 +62,18 @@ def _posterior_step_backward(ctx, grad):
     grad_z = _scale_per_sample(grad, A) if ctx.needs_input_grad[0] else None
     grad_x = _scale_per_sample(grad, C) if ctx.needs_input_grad[1] else None
     return grad_z, grad_x, None, None, None, None, None
+
+
+def register_fakes(*pairs) -> tuple[str, ...]:
+    """Fake kernels only, for the in-place bookkeeping ops (no autograd formula): ``pairs`` are
+    ``(qualnames, fake)``; each defined op of ``qualnames`` gets ``fake``. Returns the registered qualnames."""
+    done = []
+    for qualnames, fake in pairs:
+        for qualname in qualnames:
+            if op_defined(qualname):
+                torch.library.register_fake(qualname, fake)
+                done.append(qualname)
+    return tuple(done)
 
 
 def register_op(op: str, op_triton: str, fake, backward, setup_context) -> tuple[str, ...]:

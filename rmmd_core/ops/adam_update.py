@@ -26,7 +26,7 @@ from collections.abc import Sequence
 import torch
 
 from . import _checks, dispatch
-from ._library import op_defined
+from ._library import register_fakes
 from .adam_reference import adam_update_ref
 
 __all__ = ["adam_update", "check_adam_scalars"]
@@ -34,12 +34,6 @@ __all__ = ["adam_update", "check_adam_scalars"]
 _OP = "rmmd_core::adam_update"
 _OP_TRITON = "rmmd_core::adam_update_triton"
 _DTYPES = "float32, float64, float16 or bfloat16"
-
-
-def _as_list(value, name: str) -> list:
-    if isinstance(value, torch.Tensor) or not isinstance(value, Sequence):
-        raise TypeError(f"{name} must be a list or tuple of torch.Tensor, got {type(value).__name__}")
-    return list(value)
 
 
 def check_adam_scalars(step_size, beta1, beta2, eps, bias_correction2_sqrt, weight_decay, grad_scale,
@@ -63,9 +57,13 @@ def check_adam_scalars(step_size, beta1, beta2, eps, bias_correction2_sqrt, weig
     return tuple(values)
 
 
+def _lists(*lists) -> list[list]:
+    """``(params, grads, exp_avgs, exp_avg_sqs, ema)`` as lists, or TypeError naming the one that is not."""
+    return [_checks.tensor_list(v, n) for v, n in zip(lists, ("params", "grads", "exp_avgs", "exp_avg_sqs", "ema"))]
+
+
 def _validate(params, grads, exp_avgs, exp_avg_sqs, ema):
-    lists = [_as_list(v, n) for v, n in ((params, "params"), (grads, "grads"), (exp_avgs, "exp_avgs"),
-                                          (exp_avg_sqs, "exp_avg_sqs"), (ema, "ema"))]
+    lists = _lists(params, grads, exp_avgs, exp_avg_sqs, ema)
     params = lists[0]
     for name, lst in zip(("grads", "exp_avgs", "exp_avg_sqs"), lists[1:4]):
         if len(lst) != len(params):
@@ -119,8 +117,7 @@ def adam_update(params: Sequence[torch.Tensor], grads: Sequence[torch.Tensor], e
         TypeError / ValueError naming the argument (``params[i]``, ``exp_avgs[i]``, ``beta2``, ...);
         RuntimeError when an explicit backend cannot run.
     """
-    lists = [_as_list(v, n) for v, n in ((params, "params"), (grads, "grads"), (exp_avgs, "exp_avgs"),
-                                          (exp_avg_sqs, "exp_avg_sqs"), (ema, "ema"))]
+    lists = _lists(params, grads, exp_avgs, exp_avg_sqs, ema)
     scalars = check_adam_scalars(step_size, beta1, beta2, eps, bias_correction2_sqrt, weight_decay, grad_scale,
                                  ema_decay)
     if not lists[0] or not isinstance(lists[0][0], torch.Tensor):
@@ -174,13 +171,4 @@ def _fake(params, grads, exp_avgs, exp_avg_sqs, ema, step_size, beta1, beta2, ep
 
 
 # Fake kernels only: the op mutates its inputs and returns nothing; no autograd formula (module doc).
-def _register() -> tuple[str, ...]:
-    done = []
-    for qualname in (_OP, _OP_TRITON):
-        if op_defined(qualname):
-            torch.library.register_fake(qualname, _fake)
-            done.append(qualname)
-    return tuple(done)
-
-
-registered_ops: tuple[str, ...] = _register()
+registered_ops: tuple[str, ...] = register_fakes(((_OP, _OP_TRITON), _fake))

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 import torch
 
 from . import _checks, dispatch
-from ._library import op_defined
+from ._library import register_fakes
 from .ema_reference import ema_update_ref
 
 __all__ = ["ema_update"]
@@ -26,15 +26,9 @@ _OP = "rmmd_core::ema_update"
 _OP_TRITON = "rmmd_core::ema_update_triton"
 
 
-def _as_list(value, name: str) -> list:
-    if isinstance(value, torch.Tensor) or not isinstance(value, Sequence):
-        raise TypeError(f"{name} must be a list or tuple of torch.Tensor, got {type(value).__name__}")
-    return list(value)
-
-
 def _validate(ema, params, beta) -> tuple[list[torch.Tensor], list[torch.Tensor], float]:
-    ema = _as_list(ema, "ema")
-    params = _as_list(params, "params")
+    ema = _checks.tensor_list(ema, "ema")
+    params = _checks.tensor_list(params, "params")
     if len(ema) != len(params):
         raise ValueError(f"params must have one tensor per ema tensor ({len(ema)}), got {len(params)}")
     device = None
@@ -108,13 +102,4 @@ def _fake(ema, params, beta):
 
 
 # Fake kernels only: the op mutates its inputs and returns nothing; no autograd formula (see module doc).
-def _register() -> tuple[str, ...]:
-    done = []
-    for qualname in (_OP, _OP_TRITON):
-        if op_defined(qualname):
-            torch.library.register_fake(qualname, _fake)
-            done.append(qualname)
-    return tuple(done)
-
-
-registered_ops: tuple[str, ...] = _register()
+registered_ops: tuple[str, ...] = register_fakes(((_OP, _OP_TRITON), _fake))

@@ -23,7 +23,7 @@ from collections.abc import Sequence
 import torch
 
 from . import _checks, dispatch
-from ._library import op_defined
+from ._library import register_fakes
 from .grad_norm_reference import grad_norm_ref, grad_scale_ref, norm_dtype
 
 __all__ = ["grad_norm", "grad_scale_"]
@@ -160,14 +160,5 @@ def _scale_fake(tensors, coef):
 
 
 # Fake kernels only: no autograd formula (see module doc).
-def _register() -> tuple[str, ...]:
-    done = []
-    for qualnames, fake in (((_NORM, _NORM_TRITON), _norm_fake), ((_SCALE, _SCALE_TRITON), _scale_fake)):
-        for qualname in qualnames:
-            if op_defined(qualname):
-                torch.library.register_fake(qualname, fake)
-                done.append(qualname)
-    return tuple(done)
-
-
-registered_ops: tuple[str, ...] = _register()
+registered_ops: tuple[str, ...] = register_fakes(((_NORM, _NORM_TRITON), _norm_fake),
+                                                ((_SCALE, _SCALE_TRITON), _scale_fake))
