@@ -78,7 +78,7 @@ class ForeachAdam(torch.optim.Adam):
         if p0.is_complex():
             return None
         state = self.state
-        grads, exp_avgs, exp_avg_sqs, steps = [], [], [], []
+        states = []
         for p in params:
             g = p.grad
             if g is None or g.is_sparse or p.dtype is not dtype or p.device != device:
@@ -86,13 +86,8 @@ class ForeachAdam(torch.optim.Adam):
             st = state.get(p)
             if not st or "step" not in st:  # lazy state: torch's step initialises it
                 return None
-            grads.append(g)
-            exp_avgs.append(st["exp_avg"])
-            exp_avg_sqs.append(st["exp_avg_sq"])
-            steps.append(st["step"])
-        if not steps[0].is_cpu:
-            return None
-        return params, grads, exp_avgs, exp_avg_sqs, steps
+            states.append(st)
+        return _adam_lists(params, states)
 
     def _step_count(self, steps):
         """The common step count (NumPy scalar in the counters' dtype), or None when they differ."""
@@ -169,7 +164,7 @@ class FusedAdam(ForeachAdam):
             return None
         device = params[0].device
         state = self.state
-        grads, exp_avgs, exp_avg_sqs, steps = [], [], [], []
+        states = []
         fresh = True
         for p in params:
             g = p.grad
@@ -183,13 +178,9 @@ class FusedAdam(ForeachAdam):
                                  "exp_avg_sq": torch.zeros_like(p, memory_format=torch.preserve_format)}
             else:
                 fresh = False
-            grads.append(g)
-            exp_avgs.append(st["exp_avg"])
-            exp_avg_sqs.append(st["exp_avg_sq"])
-            steps.append(st["step"])
-        if not steps[0].is_cpu:
-            return None
-        return params, grads, exp_avgs, exp_avg_sqs, steps, fresh
+            states.append(st)
+        lists = _adam_lists(params, states)
+        return None if lists is None else (*lists, fresh)
 
     def step(self, closure=None, *, grad_scale: float = 1.0, ema=None, ema_decay: float = 0.0):
         """One Adam step (``closure``: as torch's). ``grad_scale``: multiply the gradients first (> 0);
@@ -238,6 +229,16 @@ class FusedAdam(ForeachAdam):
                 ops.ema_update(ema, params, float(ema_decay), backend=name)
                 self.ema_backend = name
         return loss
+
+
+def _adam_lists(params: list, states: list[dict]):
+    """``(params, grads, exp_avgs, exp_avg_sqs, steps)`` of parameters with gradients and their Adam states,
+    or None when the step counters are not on the CPU (torch's capturable / fused layout)."""
+    steps = [st["step"] for st in states]
+    if not steps[0].is_cpu:
+        return None
+    return (params, [p.grad for p in params], [st["exp_avg"] for st in states],
+            [st["exp_avg_sq"] for st in states], steps)
 
 
 def _scalar_dtype() -> torch.dtype:
