@@ -35,7 +35,7 @@ from rmmd_core import ops
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bench_grad_norm import _model_like  # noqa: E402  (the flat model-like lists)
-from bench_ops import _copy_gbs, _time, add_sibling_args, markdown, providers, write_json  # noqa: E402
+from bench_ops import _copy_gbs, _time, add_sibling_args, finish_sibling, providers, sibling_row  # noqa: E402
 from bench_posterior_step import _environment  # noqa: E402
 
 LISTS = ("dit-s", "unet-s", "flat-25m")
@@ -121,13 +121,8 @@ def run(lists, dtypes, device: str, min_run_time: float) -> list[dict]:
             for provider in names:
                 state = _state([p.clone() for p in params])  # own state per provider: nothing shared
                 times[provider] = _time(_fn(provider, state, cache), device, min_run_time)
-            for provider, seconds in times.items():
-                gbs = nbytes / seconds / 1e9
-                rows.append(dict(case=f"adam_update {name} ({len(params)} tensors)",
-                                 dtype=str(dtype).replace("torch.", ""), numel=n, provider=provider, ms=seconds * 1e3,
-                                 gbs=gbs, copy_gbs=copy_gbs, frac_copy=gbs / copy_gbs,
-                                 speedup_vs_eager=times["reference"] / seconds,
-                                 speedup_vs_compiled=times["reference_compiled"] / seconds, extra_mib=None))
+            rows += [sibling_row(f"adam_update {name} ({len(params)} tensors)", dtype, n, provider, seconds, nbytes,
+                                 copy_gbs, times) for provider, seconds in times.items()]
     return rows
 
 
@@ -139,10 +134,7 @@ def main(argv=None) -> int:
     lists = args.lists or (SMOKE_LISTS if args.smoke else LISTS)
     env = _environment()
     rows = run(lists, [getattr(torch, d) for d in args.dtypes], args.device, 0.02 if args.smoke else args.min_run_time)
-    print(markdown(rows, env, torch.get_num_threads()))
-    if args.smoke and args.out is None:
-        return 0
-    return write_json("bench_adam", args.device, env, rows, args.out, args.overwrite)
+    return finish_sibling("bench_adam", args, env, rows)
 
 
 if __name__ == "__main__":

@@ -30,7 +30,7 @@ import torch
 from rmmd_core import ops
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_ops import _copy_gbs, _time, add_sibling_args, markdown, providers, write_json  # noqa: E402  (same timer, copy baseline and table as bench_ops.py)
+from bench_ops import _copy_gbs, _time, add_sibling_args, finish_sibling, providers, sibling_row  # noqa: E402  (same timer, copy baseline and table as bench_ops.py)
 from bench_posterior_step import _environment  # noqa: E402
 
 CASES = {"grad_norm": 1, "grad_scale": 2}  # streams moved per element
@@ -112,13 +112,8 @@ def run(lists, dtypes, device: str, min_run_time: float) -> list[dict]:
                 copy_gbs = _copy_gbs(max(1, nbytes // (2 * itemsize)), dtype, device, min_run_time, copies)
                 times = {p: _time(_fn(case, p, grads, coef, cache), device, min_run_time)
                          for p in providers(device, case)}
-                for provider, seconds in times.items():
-                    gbs = nbytes / seconds / 1e9
-                    rows.append(dict(case=f"{case} {name} ({len(grads)} tensors)", dtype=str(dtype).replace("torch.", ""),
-                                     numel=n, provider=provider, ms=seconds * 1e3, gbs=gbs, copy_gbs=copy_gbs,
-                                     frac_copy=gbs / copy_gbs, speedup_vs_eager=times["reference"] / seconds,
-                                     speedup_vs_compiled=times["reference_compiled"] / seconds, extra_mib=None,
-                                     norm_rel_diff=rel))
+                rows += [sibling_row(f"{case} {name} ({len(grads)} tensors)", dtype, n, provider, seconds, nbytes,
+                                     copy_gbs, times, norm_rel_diff=rel) for provider, seconds in times.items()]
     return rows
 
 
@@ -130,16 +125,12 @@ def main(argv=None) -> int:
     lists = args.lists or (SMOKE_LISTS if args.smoke else LISTS)
     env = _environment()
     rows = run(lists, [getattr(torch, d) for d in args.dtypes], args.device, 0.02 if args.smoke else args.min_run_time)
-    print(markdown(rows, env, torch.get_num_threads()))
     seen = {}
     for r in rows:
         seen.setdefault((r["case"].split(" ", 1)[1], r["dtype"]), r["norm_rel_diff"])
-    print("\nNorm vs torch.nn.utils.get_total_norm (relative difference): " +
-          ", ".join(f"{k[0]} {k[1]}: {v:.2e}" for k, v in seen.items()))
-    if args.smoke and args.out is None:
-        return 0
-    return write_json("bench_grad_norm", args.device, env, rows, args.out, args.overwrite)
-
+    footer = ("\nNorm vs torch.nn.utils.get_total_norm (relative difference): " +
+              ", ".join(f"{k[0]} {k[1]}: {v:.2e}" for k, v in seen.items()))
+    return finish_sibling("bench_grad_norm", args, env, rows, footer)
 
 if __name__ == "__main__":
     sys.exit(main())

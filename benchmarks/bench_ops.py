@@ -346,6 +346,27 @@ def add_sibling_args(parser, stem: str, dtypes: list[str], smoke_help: str) -> N
     parser.add_argument("--overwrite", action="store_true", help="replace an existing JSON file")
 
 
+def sibling_row(case: str, dtype, numel: int, provider: str, seconds: float, nbytes: int, copy_gbs: float,
+                times: dict, **extra) -> dict:
+    """One table / JSON row of a sibling benchmark: ``provider`` took ``seconds`` to move ``nbytes``; ``times``
+    holds every provider's seconds for the same case (the eager and compiled references among them)."""
+    gbs = nbytes / seconds / 1e9
+    return dict(case=case, dtype=str(dtype).replace("torch.", ""), numel=numel, provider=provider, ms=seconds * 1e3,
+                gbs=gbs, copy_gbs=copy_gbs, frac_copy=gbs / copy_gbs, speedup_vs_eager=times["reference"] / seconds,
+                speedup_vs_compiled=times["reference_compiled"] / seconds, extra_mib=None, **extra)
+
+
+def finish_sibling(stem: str, args, env: dict, rows: list[dict], footer: str | None = None) -> int:
+    """Print a sibling benchmark's table (and ``footer``), then write its JSON unless a smoke run has no
+    ``--out``; returns the exit status."""
+    print(markdown(rows, env, torch.get_num_threads()))
+    if footer:
+        print(footer)
+    if args.smoke and args.out is None:
+        return 0
+    return write_json(stem, args.device, env, rows, args.out, args.overwrite)
+
+
 def write_json(stem: str, device: str, env: dict, rows: list[dict], out: str | None, overwrite: bool) -> int:
     """Write ``{"environment", "threads", "rows"}`` to ``out`` (default
     ``benchmarks/results/<stem>_<device>_<date>.json``) unless it exists and ``overwrite`` is off; returns the

@@ -31,7 +31,7 @@ import torch
 from rmmd_core import ops
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_ops import _copy_gbs, _time, add_sibling_args, markdown, providers, write_json  # noqa: E402  (same timer, copy baseline and table as bench_ops.py)
+from bench_ops import _copy_gbs, _time, add_sibling_args, finish_sibling, providers, sibling_row  # noqa: E402  (same timer, copy baseline and table as bench_ops.py)
 from bench_posterior_step import _environment  # noqa: E402
 
 DEFAULT_SIZES = [2**16, 2**20, 2**22]
@@ -102,12 +102,8 @@ def run(sizes, dtypes, device: str, min_run_time: float) -> list[dict]:
                 extra = ("foreach",) if case == "ema_update" else ()
                 times = {p: _time(_fn(case, p, args, cache), device, min_run_time)
                          for p in providers(device, case, extra)}
-                for provider, seconds in times.items():
-                    gbs = nbytes / seconds / 1e9
-                    rows.append(dict(case=case, dtype=str(dtype).replace("torch.", ""), numel=n, provider=provider,
-                                     ms=seconds * 1e3, gbs=gbs, copy_gbs=copy_gbs, frac_copy=gbs / copy_gbs,
-                                     speedup_vs_eager=times["reference"] / seconds,
-                                     speedup_vs_compiled=times["reference_compiled"] / seconds, extra_mib=None))
+                rows += [sibling_row(case, dtype, n, provider, seconds, nbytes, copy_gbs, times)
+                         for provider, seconds in times.items()]
     return rows
 
 
@@ -119,10 +115,7 @@ def main(argv=None) -> int:
     sizes = args.sizes or (SMOKE_SIZES if args.smoke else DEFAULT_SIZES)
     env = _environment()
     rows = run(sizes, [getattr(torch, d) for d in args.dtypes], args.device, 0.02 if args.smoke else args.min_run_time)
-    print(markdown(rows, env, torch.get_num_threads()))
-    if args.smoke and args.out is None:
-        return 0
-    return write_json("bench_rewards_ema", args.device, env, rows, args.out, args.overwrite)
+    return finish_sibling("bench_rewards_ema", args, env, rows)
 
 
 if __name__ == "__main__":
