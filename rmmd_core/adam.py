@@ -22,6 +22,9 @@ checkpoints move freely between the two classes. Step hooks run once per step (t
 """
 from __future__ import annotations
 
+import math
+import operator
+
 import numpy as np
 import torch
 
@@ -64,6 +67,17 @@ class ForeachAdam(torch.optim.Adam):
     def load_state_dict(self, state_dict) -> None:
         super().load_state_dict(state_dict)
         self._count = None
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        """torch's ``zero_grad``; with ``set_to_none`` (the default) outside the profiler and torch.compile,
+        the same ``p.grad = None`` loop without torch's per-call wrapper work (a record_function range and a
+        dynamo guard, ~10 us a call: an engine step makes two)."""
+        if not set_to_none or torch.autograd.profiler._is_profiler_enabled or torch.compiler.is_compiling():
+            return super().zero_grad(set_to_none)
+        for group in self.param_groups:
+            for p in group["params"]:
+                p.grad = None
+        return None
 
     def _fast_lists(self):
         """``(params, grads, exp_avgs, exp_avg_sqs, steps)`` when the fast path applies, else None."""
@@ -150,36 +164,47 @@ class FusedAdam(ForeachAdam):
     def __init__(self, params, *, backend: str | None = None, **kwargs):
         super().__init__(params, **kwargs)
         self.backend = backend
+        self._static = None  # the parameters whose fixed properties _fused_lists has checked
         self.last_backend: str | None = None  # backend of the last step's op; None: torch's own step ran
         self.ema_backend: str | None = None  # backend that updated the last step's ``ema`` (None: none given)
 
     def _fused_lists(self):
         """``(params, grads, exp_avgs, exp_avg_sqs, steps, fresh)`` when the op applies, else None; creates
-        torch's lazy state (``fresh``: every state was created now, so the step count is 0)."""
+        torch's lazy state (``fresh``: every state was created now, so the step count is 0).
+
+        What cannot change between steps without replacing a parameter (its type, device, complex dtype)
+        is checked once per parameter list (``_static``: the parameters it was checked for, by identity);
+        the gradients and states are looked up every step (a user may replace either)."""
         group = _plain_group(self)
         if group is None:
             return None
         params = group["params"]
         if not params:
             return None
-        device = params[0].device
-        state = self.state
-        states = []
-        fresh = True
-        for p in params:
-            g = p.grad
-            if (g is None or g.is_sparse or p.device != device or p.is_complex()
-                    or (type(p) is not torch.nn.Parameter and type(p) is not torch.Tensor)):
+        static = self._static
+        if static is None or len(static) != len(params) or not all(map(operator.is_, static, params)):
+            device = params[0].device
+            if any(p.device != device or p.is_complex() or (type(p) is not torch.nn.Parameter
+                                                             and type(p) is not torch.Tensor) for p in params):
                 return None
-            st = state.get(p)
-            if not st:  # torch's _init_group for a non-capturable, non-fused Adam
-                st = state[p] = {"step": torch.tensor(0.0, dtype=_scalar_dtype()),
-                                 "exp_avg": torch.zeros_like(p, memory_format=torch.preserve_format),
-                                 "exp_avg_sq": torch.zeros_like(p, memory_format=torch.preserve_format)}
-            else:
-                fresh = False
-            states.append(st)
-        lists = _adam_lists(params, states)
+            self._static = static = tuple(params)
+        grads = [p.grad for p in params]
+        if any(g is None or g.is_sparse for g in grads):  # (`None in grads` would compare tensors with ==)
+            return None
+        state = self.state
+        states = [state.get(p) for p in params]
+        fresh = True
+        if all(states):
+            fresh = False
+        else:
+            for i, (p, st) in enumerate(zip(params, states)):
+                if not st:  # torch's _init_group for a non-capturable, non-fused Adam
+                    states[i] = state[p] = {"step": torch.tensor(0.0, dtype=_scalar_dtype()),
+                                            "exp_avg": torch.zeros_like(p, memory_format=torch.preserve_format),
+                                            "exp_avg_sq": torch.zeros_like(p, memory_format=torch.preserve_format)}
+                else:
+                    fresh = False
+        lists = _adam_lists(params, states, grads)
         return None if lists is None else (*lists, fresh)
 
     def step(self, closure=None, *, grad_scale: float = 1.0, ema=None, ema_decay: float = 0.0):
@@ -196,17 +221,17 @@ class FusedAdam(ForeachAdam):
         beta1, beta2 = group["betas"]
         from . import ops  # local: ops imports the extension; adam.py stays importable without it
         with torch.no_grad():
-            torch._foreach_add_(steps, self._one, alpha=1.0)  # torch's per-parameter counters, one dispatch
-            count = count + count.dtype.type(1.0)
-            self._count = count
+            count = count + count.dtype.type(1.0)  # the counter's own rounding
             k = float(count)
             scalars = (group["lr"] / (1 - beta1 ** k), beta1, beta2, group["eps"], (1 - beta2 ** k) ** 0.5,
                        float(group["weight_decay"]), float(grad_scale), float(ema_decay))
             ema = list(ema) if ema is not None else []
             name = ops.resolve_backend("adam_update", params[0], backend=self.backend)
-            ops.adam_update(params, grads, exp_avgs, exp_avg_sqs, ema, step_size=scalars[0], beta1=beta1,
-                            beta2=beta2, eps=scalars[3], bias_correction2_sqrt=scalars[4], weight_decay=scalars[5],
-                            grad_scale=scalars[6], ema_decay=scalars[7], backend=name)
+            _adam_update(name, params, grads, exp_avgs, exp_avg_sqs, ema, scalars)
+            # the counters after the update (which does not read them): an update refused for a bad argument
+            # leaves them, like every other tensor, untouched
+            torch._foreach_add_(steps, self._one, alpha=1.0)  # torch's per-parameter counters, one dispatch
+            self._count = count
         self.last_backend = name
         self.ema_backend = name if ema else None
         return None
@@ -231,14 +256,40 @@ class FusedAdam(ForeachAdam):
         return loss
 
 
-def _adam_lists(params: list, states: list[dict]):
+def _adam_lists(params: list, states: list[dict], grads: list | None = None):
     """``(params, grads, exp_avgs, exp_avg_sqs, steps)`` of parameters with gradients and their Adam states,
     or None when the step counters are not on the CPU (torch's capturable / fused layout)."""
     steps = [st["step"] for st in states]
     if not steps[0].is_cpu:
         return None
-    return (params, [p.grad for p in params], [st["exp_avg"] for st in states],
+    return (params, [p.grad for p in params] if grads is None else grads, [st["exp_avg"] for st in states],
             [st["exp_avg_sq"] for st in states], steps)
+
+
+def _adam_update(name: str, params, grads, exp_avgs, exp_avg_sqs, ema, scalars: tuple) -> None:
+    """``ops.adam_update`` on backend ``name`` with the scalars in the op's order. The C++ ops (cpu / cuda) are
+    called directly when the scalars are in range: the op checks every tensor before touching any, and the
+    entry point's list and scalar checks (~15 us) are a tenth of a small model's update. When the op refuses,
+    the entry point runs to raise its TypeError / ValueError naming the argument."""
+    from . import ops  # local: ops imports the extension; adam.py stays importable without it
+    if name in ("cpu", "cuda") and _plain_scalars(scalars):
+        try:
+            torch.ops.rmmd_core.adam_update(params, grads, exp_avgs, exp_avg_sqs, ema, *scalars)
+            return
+        except (RuntimeError, TypeError):
+            pass  # nothing was written: the entry point below names the problem
+    step_size, beta1, beta2, eps, bc2, wd, scale, decay = scalars
+    ops.adam_update(params, grads, exp_avgs, exp_avg_sqs, ema, step_size=step_size, beta1=beta1, beta2=beta2,
+                    eps=eps, bias_correction2_sqrt=bc2, weight_decay=wd, grad_scale=scale, ema_decay=decay,
+                    backend=name)
+
+
+def _plain_scalars(scalars: tuple) -> bool:
+    """Whether the update's scalars are all in the op's domain (finite, in range: ops.check_adam_scalars'
+    rules), so the C++ op can be called without the entry point's checks; else the entry point raises."""
+    step_size, beta1, beta2, eps, bc2, wd, scale, decay = scalars
+    return (0.0 <= step_size < math.inf and 0.0 <= beta1 < 1.0 and 0.0 <= beta2 < 1.0 and 0.0 <= eps < math.inf
+            and 0.0 < bc2 < math.inf and 0.0 <= wd < math.inf and 0.0 < scale < math.inf and 0.0 <= decay <= 1.0)
 
 
 def _scalar_dtype() -> torch.dtype:

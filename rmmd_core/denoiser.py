@@ -192,9 +192,11 @@ class Denoiser(nn.Module):
             out = self.net(z_in, t_in, cond) if self.cond_key is None else self.net(z_in, t_in, **{self.cond_key: cond})
         else:
             out = self.net(z_in, t_in, **cond)
-        self.calls += 1
-        self.nfe += z_in.shape[0]
-        self.grad_calls += int(torch.is_grad_enabled())
+        # plain int attributes: through __dict__, not nn.Module.__setattr__ (~1.5 us a write, 12 a step)
+        counts = self.__dict__
+        counts["calls"] += 1
+        counts["nfe"] += z_in.shape[0]
+        counts["grad_calls"] += int(torch.is_grad_enabled())
         if hasattr(out, "sample"):
             out = out.sample
         elif isinstance(out, (tuple, list)):

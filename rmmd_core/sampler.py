@@ -190,7 +190,11 @@ def can_fuse(denoiser) -> bool:
 def prior_sample(schedule: Schedule, shape, *, device=None, dtype=torch.float32,
                  generator: torch.Generator | None = None) -> torch.Tensor:
     """Pure-noise start ``z ~ N(0, prior_std^2 I)`` (prior_std = sigma_max for VE schedules)."""
-    return torch.randn(shape, generator=generator, device=device, dtype=dtype) * schedule.prior_std
+    z = torch.randn(shape, generator=generator, device=device, dtype=dtype)
+    std = schedule.prior_std
+    # VP and flow schedules have prior_std 1: multiplying by 1.0 changes no value (not even -0.0 or nan), so
+    # the full-size pass is skipped
+    return z if isinstance(std, (int, float)) and std == 1.0 else z * std
 
 
 @dataclass

@@ -132,11 +132,19 @@ def _backend_summary(used: dict) -> str:
 
 def add_backend_metric(metrics: dict, op: str, name: str | None) -> None:
     """Add ``backend_<op> = name`` (None: the op did not run) and recompute the ``backend`` summary."""
-    if name is None:
-        return
-    metrics[f"backend_{op}"] = name
-    used = {k[len("backend_"):]: v for k, v in metrics.items() if k.startswith("backend_")}
-    metrics["backend"] = _backend_summary(used)
+    add_backend_metrics(metrics, {op: name})
+
+
+def add_backend_metrics(metrics: dict, names: dict) -> None:
+    """:func:`add_backend_metric` for every ``op: name`` of ``names``, with one recomputation of the summary."""
+    added = False
+    for op, name in names.items():
+        if name is not None:
+            metrics[f"backend_{op}"] = name
+            added = True
+    if added:
+        used = {k[len("backend_"):]: v for k, v in metrics.items() if k.startswith("backend_")}
+        metrics["backend"] = _backend_summary(used)
 
 
 def _check_output(name: str, out: torch.Tensor, like: torch.Tensor) -> None:
@@ -517,6 +525,7 @@ def step(engine: RMMD, data: torch.Tensor | None = None, cond: Cond = None, *, b
     # cross term is detached, so the order changes no value.
     grad_norm, skipped_s = float("nan"), False
     ema_done_on = None  # backend of the student's EMA when it ran inside its optimiser's step (engine.ema_fold)
+    ran_on = {}  # op -> backend of the update's fused ops (metrics backend_<op>), added in one go at the end
     from .distributed import is_distributed  # local import: keeps torch.distributed out of the package import
     if is_distributed() or torch.is_anomaly_enabled():
         # ranks must agree on skipping before a wrapped module's backward (gradient all-reduce), and anomaly
@@ -548,18 +557,21 @@ def step(engine: RMMD, data: torch.Tensor | None = None, cond: Cond = None, *, b
             # with the engine's FusedAdam, the clip and the EMA ride in the optimiser's one pass
             grad_norm, skipped_s = checks["student"].finish(read("student"), engine.ema_fold())
         for c in checks.values():  # the gradient norm / clip ops (engine.backward_checks)
-            add_backend_metric(m, "grad_norm", c.backend_norm)
-            add_backend_metric(m, "grad_scale", c.backend_scale)
+            for op, name in (("grad_norm", c.backend_norm), ("grad_scale", c.backend_scale)):
+                if name is not None:
+                    ran_on[op] = name
         if out.student_loss is not None and checks["student"].ema_done:
             ema_done_on = engine.student_optimizer.ema_backend
     for opt, ran in ((engine.aux_optimizer, not skipped_a),
                      (engine.student_optimizer, out.student_loss is not None and not skipped_s)):
-        if ran:  # the optimisers' fused op (rmmd_core.adam.FusedAdam; None: torch's step ran)
-            add_backend_metric(m, "adam_update", getattr(opt, "last_backend", None))
+        name = getattr(opt, "last_backend", None)
+        if ran and name is not None:  # the optimisers' fused op (rmmd_core.adam.FusedAdam; None: torch's step ran)
+            ran_on["adam_update"] = name
     if out.student_loss is not None:
         if not skipped_s:
             engine.student_updates += 1
-            add_backend_metric(m, "ema_update", engine.update_ema(params_done=ema_done_on))
+            ran_on["ema_update"] = engine.update_ema(params_done=ema_done_on)
+    add_backend_metrics(m, ran_on)
     engine.iteration += 1
     engine.skipped_updates += int(skipped_s or skipped_a)
     m.update(grad_norm=grad_norm, grad_norm_aux=grad_norm_aux, skipped=float(skipped_s or skipped_a),

@@ -165,6 +165,75 @@ def test_hooks_run_once_and_bad_arguments_are_named():
         FusedAdam(net.parameters(), lr=1e-2, backend="reference").step(ema=[torch.zeros(1)], ema_decay=0.5)
 
 
+BACKENDS_DIRECT = ["reference"] + (["cpu"] if not _REASONS["cpu"] else [])
+
+
+@pytest.mark.parametrize("backend", BACKENDS_DIRECT)
+def test_refused_update_changes_nothing_and_names_the_argument(backend):
+    """The C++ op is called without the entry point's checks (adam._adam_update): a refused update must still
+    raise the entry point's named error and leave weights, moments and step counters as they were."""
+    net = _net()
+    opt = FusedAdam(net.parameters(), lr=1e-2, backend=backend)
+    _grads([net], 0)
+    opt.step()
+    _grads([net], 1)
+    before = copy.deepcopy((list(net.parameters()), opt.state_dict()))
+    bad = [torch.zeros(3) for _ in net.parameters()]  # wrong shapes: the op refuses before writing anything
+    with pytest.raises(ValueError, match=r"^ema\[0\] must have params\[0\]'s shape"):
+        opt.step(ema=bad, ema_decay=0.5)
+    with pytest.raises(ValueError, match="^ema_decay must be in"):
+        opt.step(ema=[p.detach().clone() for p in net.parameters()], ema_decay=2.0)
+    for p, q in zip(net.parameters(), before[0]):
+        assert torch.equal(p, q)
+    after = opt.state_dict()["state"]
+    for k, st in before[1]["state"].items():
+        assert all(torch.equal(st[n], after[k][n]) for n in ("step", "exp_avg", "exp_avg_sq"))
+    opt.step()  # and the next good step resumes the fused path at the right count
+    assert opt.last_backend == backend and float(opt._count) == 2.0
+    assert all(float(st["step"]) == 2.0 for st in opt.state.values())
+
+
+def test_replaced_parameters_and_missing_gradients_are_rechecked_every_step():
+    """_fused_lists checks a parameter's fixed properties once per parameter list (by identity): replacing
+    one in the group re-checks (a complex one falls back to torch's step); a missing gradient is seen at
+    once."""
+    net = _net()
+    opt = FusedAdam(net.parameters(), lr=1e-2)
+    _grads([net], 0)
+    opt.step()
+    assert opt.last_backend is not None
+    _grads([net], 1, skip=2)
+    opt.step()
+    assert opt.last_backend is None  # torch's step: a gradient is missing
+    params = opt.param_groups[0]["params"]
+    z = nn.Parameter(torch.randn(3, dtype=torch.complex64))
+    params[0] = z
+    _grads([net], 2)
+    z.grad = torch.randn_like(z)
+    opt.step()
+    assert opt.last_backend is None  # complex: torch's step
+    params[0] = p0 = nn.Parameter(torch.randn(7))
+    p0.grad = torch.randn(7)
+    opt.step()
+    assert opt.last_backend is None  # counters now differ (the new parameter's is fresh): torch's step again
+
+
+def test_zero_grad_fast_path_is_torchs():
+    net = _net()
+    opt = FusedAdam(net.parameters(), lr=1e-2)
+    _grads([net], 0)
+    opt.zero_grad()
+    assert all(p.grad is None for p in net.parameters())
+    _grads([net], 1)
+    opt.zero_grad(set_to_none=False)  # torch's own path: zeroed in place
+    assert all(p.grad is not None and not p.grad.any() for p in net.parameters())
+    _grads([net], 2)
+    with torch.profiler.profile() as prof:  # under the profiler: torch's, with its record_function range
+        opt.zero_grad()
+    assert all(p.grad is None for p in net.parameters())
+    assert any("zero_grad" in e.name for e in prof.events())
+
+
 def _engine(**cfg):
     from rmmd_core import RMMD, Denoiser, RMMDConfig
     from rmmd_core.toy import MLPNet

@@ -516,3 +516,22 @@ def test_direct_op_checks_name_the_argument(case):
         fake_args = [mode.from_tensor(a) if isinstance(a, torch.Tensor) else a for a in args]
         with pytest.raises(RuntimeError, match=rf"\b{name}\b"):
             torch.ops.rmmd_core.posterior_step(*fake_args)
+
+
+def test_resolution_memo_follows_the_environment_variable(monkeypatch):
+    """resolve_backend memoises per (op, request, devices) with the variable's raw value in the key: changing
+    RMMD_CORE_BACKEND between calls changes the answer, and a bad value is still named every time."""
+    z = torch.randn(3, 5)
+    monkeypatch.setenv(dispatch.BACKEND_ENV, "reference")
+    assert ops.resolve_backend("posterior_step", z) == "reference"
+    monkeypatch.setenv(dispatch.BACKEND_ENV, " Reference ")
+    assert ops.resolve_backend("posterior_step", z) == "reference"
+    monkeypatch.setenv(dispatch.BACKEND_ENV, "nonsense")
+    for _ in range(2):
+        with pytest.raises(ValueError, match="environment variable RMMD_CORE_BACKEND must be one of"):
+            ops.resolve_backend("posterior_step", z)
+    monkeypatch.delenv(dispatch.BACKEND_ENV)
+    assert ops.resolve_backend("posterior_step", z, backend="reference") == "reference"
+    assert ops.resolve_backend("posterior_step", z) == dispatch.auto_backends("posterior_step", z)[0]
+    with pytest.raises(ValueError, match="backend argument must be one of"):
+        ops.resolve_backend("posterior_step", z, backend=["cpu"])

@@ -123,3 +123,13 @@ def test_sample_with_cfg_batches_cond_and_uncond_in_one_call():
     # x̂ = x_c + w (x_c - x_u) = 2 + 1.5 * 2 on the last step, which sample() returns
     torch.testing.assert_close(out.x0, torch.full((4, 3), 5.0))
     assert out.calls == 3 and len(hooks) == 3 and out.nfe == 6
+
+
+def test_prior_sample_is_randn_times_prior_std():
+    """VP / flow priors (std 1) are the generator's randn values themselves; VE ones are scaled."""
+    from rmmd_core.sampler import prior_sample
+    from rmmd_core.schedules import DiscreteVP
+    for sch, std in ((DiscreteVP.from_diffusers_config(), 1.0), (EDM(), 80.0)):
+        z = prior_sample(sch, (5, 3, 7), generator=torch.Generator().manual_seed(4))
+        ref = torch.randn(5, 3, 7, generator=torch.Generator().manual_seed(4))
+        assert torch.equal(z, ref * std)

@@ -198,19 +198,21 @@ def resolve_backend(op: str, *tensors: torch.Tensor, backend: str | None = None)
         ValueError: unknown op or backend name.
         RuntimeError: an explicitly requested backend cannot run; the message lists why.
     """
-    choice, source = _requested_backend(backend)
-    # Memo of successful resolutions: the answer depends only on the op, the request and the tensors'
-    # devices (build-level facts change only in refresh(), which clears it). A step resolves ~10 times,
-    # and the full rule costs ~20 us each: visible next to a small network. Not used while tracing, so
-    # torch.compile only ever reads plain data here.
-    key = (op, choice, tuple(t.device for t in tensors))
+    # Memo of successful resolutions: the answer depends only on the op, the request (the argument, else
+    # the environment variable's raw value) and the tensors' devices (build-level facts change only in
+    # refresh(), which clears it). A step resolves ~16 times, and the full rule costs ~20 us each: visible
+    # next to a small network. Not used while tracing, so torch.compile only ever reads plain data here.
+    raw = backend if backend is not None else os.environ.get(BACKEND_ENV)
     compiling = torch.compiler.is_compiling()
-    if not compiling:
+    key = None
+    if not compiling and (raw is None or type(raw) is str):
+        key = (op, backend is None, raw, *[t.device for t in tensors])
         hit = _resolved.get(key)
         if hit is not None:
             return hit
+    choice, source = _requested_backend(backend)
     name = _resolve(op, choice, source, tensors, backend)
-    if not compiling:
+    if key is not None:
         _resolved[key] = name
     return name
 
