@@ -64,6 +64,7 @@ import argparse
 import json
 import os
 import platform
+import random
 import statistics
 import subprocess
 import sys
@@ -572,14 +573,55 @@ def paired_ratio(row: Row, floor: Row, cpu: bool = False) -> float:
     return statistics.median(pairs) if pairs else float("nan")
 
 
-def _paired(r: Row, rows: list, which: int) -> float | None:
-    """:func:`paired_ratio` of ``r`` over its floor (``which`` 0), floor+clip+EMA (1) or the floor stepping the
-    engine's own optimisers (2); None for floors, calibration rows and rows without that floor."""
+def paired_ci(row: Row, floor: Row, level: float = 0.95, resamples: int = 2000, seed: int = 0) -> tuple:
+    """A ``level`` bootstrap interval of :func:`paired_ratio` (the per-round ratios resampled with
+    replacement, the median of each resample; fixed seed, so the interval is reproducible): how far the
+    median ratio could move with other rounds on the same machine. ``(nan, nan)`` without rounds."""
+    pairs = [x / y for x, y in zip(row.times, floor.times) if y > 0]
+    if not pairs:
+        return float("nan"), float("nan")
+    rng = random.Random(seed)
+    medians = sorted(statistics.median(rng.choices(pairs, k=len(pairs))) for _ in range(resamples))
+    cut = int(round((1 - level) / 2 * resamples))
+    return medians[cut], medians[resamples - 1 - cut]
+
+
+def _floor_of(r: Row, rows: list, which: int) -> Row | None:
+    """The floor row of ``r``: its floor (``which`` 0), floor+clip+EMA (1) or the floor stepping the engine's
+    own optimisers (2); None for floors, calibration rows and rows without that floor (or not yet timed)."""
     if r.impl in FLOORS or r.impl.startswith("net "):
         return None
     want = _floor_keys(r)[which]
     f = next((x for x in rows if x.config == r.config and x.impl == want), None) if want else None
-    return paired_ratio(r, f) if f is not None and f.times else None
+    return f if f is not None and f.times else None
+
+
+def _paired(r: Row, rows: list, which: int) -> float | None:
+    """:func:`paired_ratio` of ``r`` over :func:`_floor_of` (None where it has none)."""
+    f = _floor_of(r, rows, which)
+    return paired_ratio(r, f) if f is not None else None
+
+
+def _paired_ci(r: Row, rows: list, which: int) -> list | None:
+    """:func:`paired_ci` of ``r`` over :func:`_floor_of`, as ``[low, high]`` (None where it has none)."""
+    f = _floor_of(r, rows, which)
+    return list(paired_ci(r, f)) if f is not None else None
+
+
+def format_intervals(rows: list) -> str:
+    """One line per default-backend ``ours`` / ``peer`` row: its overheads with their 95% bootstrap intervals."""
+    out = ["overhead, median of per-round ratios [95% bootstrap interval over rounds]:"]
+    for r in rows:
+        if r.impl not in ("ours", "peer") or r.backend == "reference":
+            continue
+        parts = []
+        for which, label in ((0, "vs floor"), (1, "vs floor+clip+EMA"), (2, "vs floor with the engine's optimisers")):
+            value, ci = _paired(r, rows, which), _paired_ci(r, rows, which)
+            if value is not None:
+                parts.append(f"{label} {value:.3f} [{ci[0]:.3f}, {ci[1]:.3f}]")
+        if parts:
+            out.append(f"  {r.config} {r.impl}: " + "; ".join(parts))
+    return "\n".join(out)
 
 
 def format_table(rows: list) -> str:
@@ -681,6 +723,7 @@ def main(argv=None) -> int:
         print("peer not installed (pip install 'rmmd_core[peer]' for nvidia-modelopt)" if want_peer and not peer
               else "peer not run (--no-peer / --smoke)")
     print(format_table(rows))
+    print(format_intervals(rows))
     ratios = fwd_bwd_ratio(rows)
     print("forward+backward / forward (net rows): "
           + ", ".join(f"{k} {c:.2f}" for k, (c, _) in ratios.items()))
@@ -695,6 +738,9 @@ def main(argv=None) -> int:
                                  "ms_per_fwd_eq": r.ms / forward_equivalents(r, ratios),
                                  "overhead_vs_floor": _paired(r, rows, 0), "overhead_vs_floor_plus": _paired(r, rows, 1),
                                  "overhead_vs_floor_same_optimizer": _paired(r, rows, 2),
+                                 "overhead_vs_floor_ci95": _paired_ci(r, rows, 0),
+                                 "overhead_vs_floor_plus_ci95": _paired_ci(r, rows, 1),
+                                 "overhead_vs_floor_same_optimizer_ci95": _paired_ci(r, rows, 2),
                                  "samples": len(r.times), "ms_all": [1e3 * t for t in r.times], "cpu_ms_median": r.cpu_ms,
                                  "cpu_ms_all": [1e3 * t for t in r.cpu_times], "peak_mib": r.peak_mib}
                                 for r in rows]},

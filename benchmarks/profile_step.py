@@ -6,9 +6,14 @@ checks, clipping, optimiser steps and EMA. Configuration follows ``bench_step.py
 (DiscreteVP, eps prediction, DDPM index time, class labels, K = 1, EMA) unless changed by the flags.
 
     python benchmarks/profile_step.py [--mode default|off-policy|discrete|rmmd] [--stack] [--iters N]
+                                      [--sweep-mb MB]
 
 Prints ops per step by name (and, with ``--stack``, the rmmd_core call site of every op), the number of
 ``aten::_local_scalar_dense`` calls (each one is a device->host sync on CUDA) and the CPU ms per step.
+
+``--sweep-mb MB``: each stand-in network call also streams an MB-megabyte buffer through the caches (one
+in-place multiply), as a real network's activations and weights do, and the CPU ms are reported with the
+sweeps' own time subtracted: the engine's work as it runs between real network calls, with cold caches.
 """
 from __future__ import annotations
 
@@ -30,13 +35,21 @@ SYNC_OPS = ("aten::_local_scalar_dense",)
 
 
 class StandIn(nn.Module):
-    """``net(z, t, class_labels=None) = w z``: one parameter, one multiply."""
+    """``net(z, t, class_labels=None) = w z``: one parameter, one multiply (plus, with a ``sweep`` buffer,
+    one in-place pass over it, outside autograd: the cache traffic of a real network)."""
+
+    sweep: torch.Tensor | None = None  # set by cpu_ms(sweep_mb=...) on the class
+    calls = 0  # forward calls while sweeping
 
     def __init__(self):
         super().__init__()
         self.w = nn.Parameter(torch.tensor(0.5))
 
     def forward(self, z, t, class_labels=None):
+        if StandIn.sweep is not None:
+            StandIn.calls += 1
+            with torch.no_grad():
+                StandIn.sweep.mul_(1.0)
         return self.w * z
 
 
@@ -89,17 +102,33 @@ def count(mode: str, stack: bool = False):
     return log
 
 
-def cpu_ms(mode: str, iters: int) -> float:
-    eng, kw = make_engine(mode)
-    for _ in range(3):
-        step(eng, **kw)
-    best = []
-    for _ in range(5):
-        t0 = time.process_time()
-        for _ in range(iters):
+def cpu_ms(mode: str, iters: int, sweep_mb: float = 0.0) -> float:
+    """Median CPU ms per step (5 rounds of ``iters``); with ``sweep_mb``, each network call also sweeps that
+    many MB (StandIn) and the sweeps' own CPU time, measured alone for the same number of calls, is
+    subtracted."""
+    StandIn.sweep = torch.ones(int(sweep_mb * 2 ** 18)) if sweep_mb > 0 else None
+    try:
+        eng, kw = make_engine(mode)
+        for _ in range(3):
             step(eng, **kw)
-        best.append((time.process_time() - t0) * 1e3 / iters)
-    return sorted(best)[len(best) // 2]
+        StandIn.calls = 0
+        best = []
+        for _ in range(5):
+            t0 = time.process_time()
+            for _ in range(iters):
+                step(eng, **kw)
+            best.append((time.process_time() - t0) * 1e3 / iters)
+        ms = sorted(best)[len(best) // 2]
+        if StandIn.sweep is not None:
+            calls = StandIn.calls // 5  # per round of iters steps
+            t0 = time.process_time()
+            with torch.no_grad():
+                for _ in range(calls):
+                    StandIn.sweep.mul_(1.0)
+            ms -= (time.process_time() - t0) * 1e3 / iters
+        return ms
+    finally:
+        StandIn.sweep = None
 
 
 def main(argv=None) -> int:
@@ -108,6 +137,8 @@ def main(argv=None) -> int:
     p.add_argument("--stack", action="store_true", help="group ops by rmmd_core call site")
     p.add_argument("--iters", type=int, default=50)
     p.add_argument("--top", type=int, default=60)
+    p.add_argument("--sweep-mb", type=float, default=0.0,
+                   help="MB each stand-in network call streams through the caches (cold-cache engine cost)")
     a = p.parse_args(argv)
     torch.set_num_threads(1)
     log = count(a.mode, a.stack)
@@ -121,6 +152,9 @@ def main(argv=None) -> int:
         for (name, site), n in sorted(log.sites.items(), key=lambda kv: kv[0][1]):
             print(f"  {n:4d} {name:32s} {site}")
     print(f"CPU ms per step (median of 5 x {a.iters}, 1 thread): {cpu_ms(a.mode, a.iters):.3f}")
+    if a.sweep_mb > 0:
+        print(f"CPU ms per step with {a.sweep_mb:g} MB swept per network call, sweeps subtracted: "
+              f"{cpu_ms(a.mode, a.iters, a.sweep_mb):.3f}")
     return 0
 
 

@@ -47,6 +47,11 @@ def test_smoke_run_table_and_counts(tmp_path, capsys):
         assert (r["overhead_vs_floor"] is not None) == has, r
         if has:
             assert r["overhead_vs_floor"] > 0 and r["overhead_vs_floor_plus"] > 0
+            lo, hi = r["overhead_vs_floor_ci95"]  # one round in the smoke run: the interval is the point
+            assert lo <= r["overhead_vs_floor"] <= hi
+        else:
+            assert r["overhead_vs_floor_ci95"] is None
+    assert "95% bootstrap interval over rounds" in text
     for impl in ("ours, fused Adam", "ours, foreach Adam"):
         knob = [r for r in res["rows"] if r["impl"] == impl]
         assert [r["config"] for r in knob] == ["unet-xs"] and (knob[0]["fwd"], knob[0]["grad_calls"]) == (4, 2)
@@ -153,3 +158,23 @@ def test_time_rows_pairs_calls_within_rounds_and_alternates_order():
     assert first == [("cheap", "ours"), ("cheap", "floor"), ("dear", "ours"), ("dear", "floor"),
                      ("dear", "ours"), ("cheap", "floor"), ("cheap", "ours")]
     assert timed.count(("dear", "floor")) == 2 and timed.count(("cheap", "ours")) == 2 * n_cheap
+
+
+def test_paired_interval_brackets_the_median_and_narrows_with_rounds():
+    """paired_ci: a reproducible bootstrap interval of the median per-round ratio."""
+    import random
+
+    def rows(n, seed):
+        rng = random.Random(seed)
+        floor = [1.0 + 0.1 * rng.random() for _ in range(n)]
+        ours = [f * (1.05 + 0.04 * (rng.random() - 0.5)) for f in floor]
+        mk = lambda t: bench_step.Row("c", "ours", "cpu", 1, fn=None, times=t)  # noqa: E731
+        return mk(ours), mk(floor)
+
+    few, many = rows(15, 0), rows(300, 0)
+    lo, hi = bench_step.paired_ci(*few)
+    assert lo <= bench_step.paired_ratio(*few) <= hi and (lo, hi) == bench_step.paired_ci(*few)
+    lo2, hi2 = bench_step.paired_ci(*many)
+    assert 1.03 < lo2 <= 1.05 <= hi2 < 1.07 and hi2 - lo2 < hi - lo
+    empty = bench_step.Row("c", "ours", "cpu", 1, fn=None)
+    assert all(math.isnan(x) for x in bench_step.paired_ci(empty, empty))

@@ -250,3 +250,13 @@ def test_pinned_time_tensors_keep_their_memo_across_iterations():
     assert len(evaluated) == 3  # the 3 step start times, on the first rollout only
     assert torch.equal(outs[0], outs[1])
     assert plan.step_times(5) is plan.step_times(5) and plan.step_times(7) is not plan.step_times(5)
+
+
+def test_profile_script_reports_ops_and_cold_cache_cost(capsys):
+    """benchmarks/profile_step.py runs end to end, with the cache sweep (its CPU ms with the sweeps
+    subtracted is a positive number)."""
+    assert profile_step.main(["--iters", "2", "--sweep-mb", "0.25", "--top", "3"]) == 0
+    out = capsys.readouterr().out
+    assert "ATen ops per step" in out and "0 device->host reads" in out
+    swept = float(out.strip().splitlines()[-1].rsplit(":", 1)[1])
+    assert "swept per network call" in out and swept > 0
