@@ -307,3 +307,39 @@ def test_forced_backend_that_cannot_run_raises(monkeypatch):
         pytest.skip("a CUDA build can run the cuda backend")
     with pytest.raises(RuntimeError, match="cannot run rmmd_core::adam_update"):
         ops.adam_update([torch.zeros(3)], [torch.ones(3)], [torch.zeros(3)], [torch.zeros(3)], **_scalars())
+
+
+@needs_cpu_op
+@pytest.mark.parametrize("ema", ["fp16", "fp32", None])
+@pytest.mark.parametrize("scale", [1.0, 0.37])
+def test_f16c_path_equals_the_portable_loop_on_special_values(monkeypatch, ema, scale):
+    """fp16 parameters run an F16C loop on x86 CPUs with AVX2 (csrc/cpu/adam_update_cpu.cpp); the portable
+    loop (RMMD_CORE_CPU_SIMD=0) is the reference for it, bit for bit, on values that stress the conversions:
+    fp16 subnormals and the smallest normals, values that round to inf, infinities, -0.0 and NaNs with
+    payloads (stored as c10's quiet NaN, sign kept), over lengths that leave every tail size."""
+    gen = torch.Generator().manual_seed(11)
+    special = torch.tensor([0.0, -0.0, 6e-8, -6e-8, 6.1e-5, 65504.0, -65504.0, math.inf, -math.inf, math.nan, 1e-3,
+                            3e4])
+    lists = [[], [], [], [], []]
+    for n in (1, 7, 8, 9, 15, 16, 17, 1000, 16391):
+        p, g, m = (torch.randn(n, generator=gen) for _ in range(3))
+        v = torch.rand(n, generator=gen) * 0.1
+        k = min(n, special.numel())
+        p[:k], g[:k] = special[:k], special[torch.randperm(k, generator=gen)]
+        for lst, t in zip(lists, (p, g, 0.1 * m, v)):
+            lst.append(t.half())
+        if ema is not None:
+            lists[4].append(torch.randn(n, generator=gen).to(torch.float16 if ema == "fp16" else torch.float32))
+    bits = lists[0][-1].view(torch.int16)  # NaNs with other payloads than the quiet one, both signs
+    bits[20:24] = torch.tensor([0x7C01, 0x7D55, -0x0201, -0x03FF], dtype=torch.int16)
+    kw = _scalars(grad_scale=scale, ema_decay=0.9, weight_decay=0.01)
+    got, want = _clone(lists), _clone(lists)
+    ops.adam_update(*got, **kw, backend="cpu")
+    monkeypatch.setenv("RMMD_CORE_CPU_SIMD", "0")
+    ops.adam_update(*want, **kw, backend="cpu")
+    for a_list, b_list in zip(got, want):
+        for a, b in zip(a_list, b_list):
+            assert torch.equal(a.view(torch.int16 if a.dtype == torch.float16 else torch.int32),
+                               b.view(torch.int16 if b.dtype == torch.float16 else torch.int32))
+    assert any(t.isinf().any() for t in lists[0]) and any(t.isnan().any() for t in lists[0])  # the inputs had both
+    assert any(t.isnan().any() for t in got[0])  # and NaNs were stored (the blend's case)
